@@ -1,0 +1,261 @@
+//! Kafka through rdkafka: an idempotent producer with `acks=all`, topic creation, and
+//! a readiness probe.
+//!
+//! `publish` awaits the delivery report, which librdkafka issues only after every
+//! in-sync replica has the record (`acks=all`); the idempotent producer keeps its
+//! internal retries from duplicating or reordering records within a partition.
+
+use super::{CLOUDEVENTS_SPEC_VERSION, Message, PublishError, Publisher, SetupError};
+use crate::config::Config;
+use crate::telemetry::Metrics;
+use rdkafka::{
+    ClientConfig, ClientContext,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    error::{KafkaError, RDKafkaErrorCode},
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord, Producer, ProducerContext},
+    util::Timeout,
+};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, RwLock, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// Producer context that turns librdkafka's connection errors into the readiness flag.
+pub struct ReadinessContext {
+    /// Cleared when librdkafka reports every broker down; set again by the probe or by
+    /// the next successful delivery. Shared with [`Kafka`], read by `/readyz`.
+    ready: Arc<AtomicBool>,
+}
+
+impl ClientContext for ReadinessContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.ready.store(false, Ordering::Relaxed);
+        }
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ProducerContext for ReadinessContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
+/// The Kafka side of [`Publisher`].
+pub struct Kafka {
+    producer: FutureProducer<ReadinessContext>,
+    admin: AdminClient<DefaultClientContext>,
+    /// Topics known to exist, so a topic is created at most once per process and the
+    /// hot path takes only a read lock.
+    known_topics: RwLock<HashSet<String>>,
+    create_topics: bool,
+    partitions: i32,
+    replication_factor: i32,
+    /// How long a record may wait in librdkafka's queue before `publish` fails.
+    queue_timeout: Duration,
+    ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+/// librdkafka settings pcbridge relies on; applied after the user's passthrough
+/// properties so the delivery guarantee cannot be configured away by accident.
+const ENFORCED: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
+
+impl Kafka {
+    /// Builds the producer and admin client; connection happens in the background.
+    pub fn connect(config: &Config, client_name: &str, metrics: Arc<Metrics>) -> Result<Self, SetupError> {
+        let publish_timeout = config.ingress.publish_timeout();
+        let mut cc = base_client_config(config, client_name);
+        cc.set("linger.ms", "1")
+            // librdkafka gives up on a record after this; the ingress answers 503 then.
+            .set("message.timeout.ms", publish_timeout.as_millis().to_string())
+            .set("request.timeout.ms", publish_timeout.as_millis().clamp(1, 30_000).to_string());
+        for (k, v) in config.kafka.normalized_properties() {
+            cc.set(k, v);
+        }
+        for (k, v) in ENFORCED {
+            if cc.get(k).is_some_and(|set| set != *v) {
+                tracing::warn!(property = k, enforced = v, "overriding kafka property: pcbridge needs it for at-least-once delivery");
+            }
+            cc.set(*k, *v);
+        }
+        let ready = Arc::new(AtomicBool::new(false));
+        let producer: FutureProducer<ReadinessContext> = cc
+            .create_with_context(ReadinessContext { ready: ready.clone() })
+            .map_err(|e| SetupError(format!("kafka producer: {e} (check kafka.properties)")))?;
+        let admin: AdminClient<DefaultClientContext> = base_client_config(config, client_name)
+            .create()
+            .map_err(|e| SetupError(format!("kafka admin client: {e}")))?;
+        let kafka = Kafka {
+            producer,
+            admin,
+            known_topics: RwLock::new(HashSet::new()),
+            create_topics: config.kafka.create_topics,
+            partitions: config.kafka.partitions,
+            replication_factor: config.kafka.replication_factor,
+            queue_timeout: publish_timeout,
+            ready,
+            metrics,
+        };
+        Ok(kafka)
+    }
+
+    /// Starts the background readiness probe; it ends when `this` is dropped.
+    pub fn spawn_probe(this: &Arc<Self>, every: Duration) {
+        let weak: Weak<Self> = Arc::downgrade(this);
+        tokio::spawn(async move {
+            loop {
+                let Some(kafka) = weak.upgrade() else { return };
+                let ok = kafka.probe().await;
+                kafka.set_ready(ok);
+                drop(kafka);
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    async fn probe(self: &Arc<Self>) -> bool {
+        let this = self.clone();
+        // fetch_metadata blocks; keep it off the async workers.
+        tokio::task::spawn_blocking(move || {
+            this.producer.client().fetch_metadata(None, Timeout::After(Duration::from_secs(2))).is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    fn set_ready(&self, ok: bool) {
+        self.ready.store(ok, Ordering::Relaxed);
+        self.metrics.broker_ready.with_label_values(&["kafka"]).set(i64::from(ok));
+    }
+
+    async fn create_missing(&self, names: &[String]) -> Result<(), SetupError> {
+        let missing: Vec<&String> = {
+            let known = self.known_topics.read().unwrap_or_else(|p| p.into_inner());
+            names.iter().filter(|n| !known.contains(*n)).collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if self.create_topics {
+            let topics: Vec<NewTopic<'_>> = missing
+                .iter()
+                .map(|n| NewTopic::new(n, self.partitions, TopicReplication::Fixed(self.replication_factor)))
+                .collect();
+            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            let results = self
+                .admin
+                .create_topics(topics.iter(), &opts)
+                .await
+                .map_err(|e| SetupError(format!("kafka create topics: {e}")))?;
+            for result in results {
+                match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) => {
+                        return Err(SetupError(format!(
+                            "kafka: cannot create topic {topic}: {code} (check kafka.partitions / kafka.replication_factor, or set kafka.create_topics = false and create it yourself)"
+                        )));
+                    }
+                }
+            }
+        }
+        let mut known = self.known_topics.write().unwrap_or_else(|p| p.into_inner());
+        known.extend(missing.into_iter().cloned());
+        Ok(())
+    }
+}
+
+/// Settings shared by every client pcbridge makes (producer, admin, consumer).
+pub fn base_client_config(config: &Config, client_name: &str) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.kafka.bootstrap_servers).set("client.id", client_name);
+    for (k, v) in config.kafka.normalized_properties() {
+        cc.set(k, v);
+    }
+    cc
+}
+
+/// Kafka record headers for a message: its own headers, then the CloudEvents Kafka
+/// binding (`ce_*` and `content-type`).
+fn record_headers(m: &Message) -> OwnedHeaders {
+    let ce = &m.cloud_event;
+    let mut h = OwnedHeaders::new_with_capacity(m.headers.len() + 7);
+    for (k, v) in &m.headers {
+        h = h.insert(Header { key: k, value: Some(v.as_str()) });
+    }
+    let put = |h: OwnedHeaders, k: &str, v: &str| h.insert(Header { key: k, value: Some(v) });
+    h = put(h, "ce_specversion", CLOUDEVENTS_SPEC_VERSION);
+    h = put(h, "ce_id", &ce.id);
+    h = put(h, "ce_source", &ce.source);
+    h = put(h, "ce_type", &ce.ty);
+    if let Some(s) = &ce.subject {
+        h = put(h, "ce_subject", s);
+    }
+    if let Some(t) = &ce.time {
+        h = put(h, "ce_time", t);
+    }
+    put(h, "content-type", m.content_type)
+}
+
+#[async_trait::async_trait]
+impl Publisher for Kafka {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn ensure_destinations(&self, names: &[String]) -> Result<(), SetupError> {
+        self.create_missing(names).await
+    }
+
+    async fn publish(&self, m: &Message) -> Result<(), PublishError> {
+        let known = self.known_topics.read().unwrap_or_else(|p| p.into_inner()).contains(&m.destination);
+        if !known {
+            self.create_missing(std::slice::from_ref(&m.destination))
+                .await
+                .map_err(|e| PublishError::Unavailable(e.0))?;
+        }
+        let record = FutureRecord::to(&m.destination).payload(&m.body[..]).key(&m.key).headers(record_headers(m));
+        let started = Instant::now();
+        let result = self.producer.send(record, Timeout::After(self.queue_timeout)).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        match result {
+            Ok(_) => {
+                self.metrics.publish_duration.with_label_values(&["kafka", "ok"]).observe(elapsed);
+                if !self.ready.load(Ordering::Relaxed) {
+                    self.set_ready(true);
+                }
+                Ok(())
+            }
+            Err((e, _)) => {
+                self.metrics.publish_duration.with_label_values(&["kafka", "error"]).observe(elapsed);
+                Err(match e.rdkafka_error_code() {
+                    Some(RDKafkaErrorCode::MessageTimedOut) => PublishError::Timeout(self.queue_timeout),
+                    Some(RDKafkaErrorCode::QueueFull) | Some(RDKafkaErrorCode::AllBrokersDown) => {
+                        PublishError::Unavailable(e.to_string())
+                    }
+                    _ => PublishError::Rejected(e.to_string()),
+                })
+            }
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    async fn close(&self, deadline: Duration) {
+        let producer = self.producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(deadline))).await;
+        match flushed {
+            Ok(Ok(())) => tracing::info!("kafka producer flushed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "kafka producer flush incomplete"),
+            Err(e) => tracing::warn!(error = %e, "kafka producer flush task failed"),
+        }
+    }
+}

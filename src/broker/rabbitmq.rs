@@ -1,0 +1,323 @@
+//! RabbitMQ through lapin: a durable topic exchange, a durable queue per destination,
+//! persistent messages published `mandatory` on a confirm-mode channel, and a
+//! supervisor that reconnects with backoff after the broker goes away.
+//!
+//! A publish is reported successful only on a positive publisher confirm with no
+//! `basic.return`: RabbitMQ confirms a persistent message routed to a durable queue once
+//! it is written to disk (or, for quorum queues, to a majority of replicas). An
+//! unroutable message is returned before its confirm and is treated as a failure.
+
+use super::{CLOUDEVENTS_SPEC_VERSION, Message, PublishError, Publisher, SetupError};
+use crate::config::{Config, QueueType, RabbitMqConfig, redact_url};
+use crate::telemetry::Metrics;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+    uri::AMQPUri,
+};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+use tokio::sync::{Notify, RwLock};
+
+/// One live connection and its confirm-mode channel.
+struct Link {
+    connection: Connection,
+    /// Shared by every publish: many publishes are in flight on it at once and their
+    /// confirms arrive in batches, which is what makes confirms cheap.
+    channel: Channel,
+}
+
+/// The RabbitMQ side of [`Publisher`].
+pub struct RabbitMq {
+    uri: AMQPUri,
+    exchange: String,
+    queue_type: QueueType,
+    client_name: String,
+    reconnect_max_delay: Duration,
+    /// The current link; `None` while disconnected (publishes then fail fast with
+    /// [`PublishError::Unavailable`], so the ingress answers 503 at once).
+    link: RwLock<Option<Link>>,
+    /// Destinations whose queue and binding were declared on this broker. Queues are
+    /// durable, so they survive broker restarts; a returned (unroutable) message
+    /// removes its destination so the next publish declares it again.
+    declared: Mutex<HashSet<String>>,
+    ready: AtomicBool,
+    /// Wakes the supervisor when a publish notices the link is broken.
+    broken: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl RabbitMq {
+    /// Connects (failing if the first connection fails, so a wrong URL is reported at
+    /// start-up) and starts the reconnecting supervisor.
+    pub async fn connect(config: &Config, client_name: &str, metrics: Arc<Metrics>) -> Result<Arc<Self>, SetupError> {
+        let uri = amqp_uri(&config.rabbitmq, config)?;
+        let this = Arc::new(RabbitMq {
+            uri,
+            exchange: config.rabbitmq.exchange.clone(),
+            queue_type: config.rabbitmq.queue_type,
+            client_name: client_name.to_string(),
+            reconnect_max_delay: Duration::from_millis(config.rabbitmq.reconnect_max_delay_ms.max(100)),
+            link: RwLock::new(None),
+            declared: Mutex::new(HashSet::new()),
+            ready: AtomicBool::new(false),
+            broken: Notify::new(),
+            metrics,
+        });
+        let link = this.open().await.map_err(|e| {
+            SetupError(format!("rabbitmq: cannot connect to {}: {e}", redact_url(&config.rabbitmq.url)))
+        })?;
+        this.install(link).await;
+        let weak = Arc::downgrade(&this);
+        tokio::spawn(supervise(weak));
+        Ok(this)
+    }
+
+    async fn open(&self) -> Result<Link, lapin::Error> {
+        let props = ConnectionProperties::default().with_connection_name(self.client_name.clone().into());
+        let connection = Connection::connect_uri(self.uri.clone(), props).await?;
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Link { connection, channel })
+    }
+
+    async fn install(&self, link: Link) {
+        *self.link.write().await = Some(link);
+        self.set_ready(true);
+    }
+
+    fn set_ready(&self, ok: bool) {
+        self.ready.store(ok, Ordering::Relaxed);
+        self.metrics.broker_ready.with_label_values(&["rabbitmq"]).set(i64::from(ok));
+    }
+
+    async fn channel(&self) -> Result<Channel, PublishError> {
+        match &*self.link.read().await {
+            Some(link) if link.channel.status().connected() => Ok(link.channel.clone()),
+            _ => {
+                self.broken.notify_one();
+                Err(PublishError::Unavailable("not connected to rabbitmq".into()))
+            }
+        }
+    }
+
+    fn is_declared(&self, name: &str) -> bool {
+        self.declared.lock().unwrap_or_else(|p| p.into_inner()).contains(name)
+    }
+
+    async fn declare(&self, channel: &Channel, name: &str) -> Result<(), lapin::Error> {
+        let mut args = FieldTable::default();
+        if self.queue_type == QueueType::Quorum {
+            args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        }
+        channel
+            .queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
+            .await?;
+        channel
+            .queue_bind(name.into(), self.exchange.as_str().into(), name.into(), QueueBindOptions::default(), FieldTable::default())
+            .await?;
+        self.declared.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string());
+        Ok(())
+    }
+
+    /// One publish and its confirm. `Ok(false)` means the message was returned as
+    /// unroutable (nothing stored).
+    async fn publish_once(&self, channel: &Channel, m: &Message) -> Result<bool, PublishError> {
+        let confirm = channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                m.destination.as_str().into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &m.body,
+                properties(m),
+            )
+            .await
+            .map_err(|e| self.link_error(e))?;
+        match confirm.await.map_err(|e| self.link_error(e))? {
+            Confirmation::Ack(None) => Ok(true),
+            Confirmation::Ack(Some(_)) => Ok(false),
+            Confirmation::Nack(_) => Err(PublishError::Rejected("nacked by rabbitmq".into())),
+            Confirmation::NotRequested => Err(PublishError::Rejected("channel is not in confirm mode".into())),
+        }
+    }
+
+    fn link_error(&self, e: lapin::Error) -> PublishError {
+        self.broken.notify_one();
+        PublishError::Unavailable(format!("rabbitmq: {e}"))
+    }
+}
+
+/// AMQP message properties: persistent, identified, typed, with the application
+/// headers and the CloudEvents AMQP binding (`cloudEvents_*` application properties).
+fn properties(m: &Message) -> BasicProperties {
+    let ce = &m.cloud_event;
+    let mut headers = FieldTable::default();
+    let mut put = |k: &str, v: &str| {
+        headers.insert(ShortString::from(k), AMQPValue::LongString(LongString::from(v)));
+    };
+    for (k, v) in &m.headers {
+        put(k, v);
+    }
+    put("cloudEvents_specversion", CLOUDEVENTS_SPEC_VERSION);
+    put("cloudEvents_id", &ce.id);
+    put("cloudEvents_source", &ce.source);
+    put("cloudEvents_type", &ce.ty);
+    if let Some(s) = &ce.subject {
+        put("cloudEvents_subject", s);
+    }
+    if let Some(t) = &ce.time {
+        put("cloudEvents_time", t);
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(m.id.as_str().into())
+        .with_content_type(m.content_type.into())
+        .with_type(ce.ty.as_str().into())
+        .with_app_id("pcbridge".into())
+        .with_timestamp(now)
+        .with_headers(headers)
+}
+
+fn amqp_uri(rmq: &RabbitMqConfig, config: &Config) -> Result<AMQPUri, SetupError> {
+    let mut uri: AMQPUri = rmq
+        .url
+        .parse()
+        .map_err(|e| SetupError(format!("config key `rabbitmq.url`: {:?} is not an AMQP URL: {e}", redact_url(&rmq.url))))?;
+    if uri.authority.userinfo.password.is_empty() || rmq.username != "guest" || !rmq.password.is_empty() {
+        uri.authority.userinfo.username = rmq.username.clone();
+        uri.authority.userinfo.password = config.rabbitmq_password().map_err(|e| SetupError(e.0))?.expose().to_string();
+    }
+    if uri.query.connection_timeout.is_none() {
+        uri.query.connection_timeout = Some(5_000);
+    }
+    Ok(uri)
+}
+
+/// Watches the link and re-opens it with exponential backoff (capped at
+/// `reconnect_max_delay`, jittered) whenever it breaks; ends when the broker is dropped.
+async fn supervise(weak: Weak<RabbitMq>) {
+    loop {
+        // Wait until the link is broken (or a publish says so), checking now and then.
+        loop {
+            let Some(this) = weak.upgrade() else { return };
+            let healthy = match &*this.link.read().await {
+                Some(l) => l.connection.status().connected() && l.channel.status().connected(),
+                None => false,
+            };
+            if !healthy {
+                break;
+            }
+            let woken = tokio::time::timeout(Duration::from_millis(500), this.broken.notified()).await;
+            drop(this);
+            if woken.is_ok() {
+                // Re-check: a notification is a hint, the status is the truth.
+                continue;
+            }
+        }
+        let Some(this) = weak.upgrade() else { return };
+        this.set_ready(false);
+        if let Some(old) = this.link.write().await.take() {
+            let _ = old.connection.close(320, "reconnecting".into()).await;
+        }
+        tracing::warn!("rabbitmq connection lost; reconnecting");
+        let max_delay = this.reconnect_max_delay;
+        drop(this);
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(max_delay)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            let Some(this) = weak.upgrade() else { return };
+            match this.open().await {
+                Ok(link) => {
+                    this.install(link).await;
+                    tracing::info!("rabbitmq reconnected");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "rabbitmq reconnect failed");
+                    drop(this);
+                    tokio::time::sleep(delays.next().unwrap_or(max_delay)).await;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for RabbitMq {
+    fn kind(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    async fn ensure_destinations(&self, names: &[String]) -> Result<(), SetupError> {
+        let channel = self.channel().await.map_err(|e| SetupError(e.to_string()))?;
+        for name in names {
+            self.declare(&channel, name).await.map_err(|e| {
+                SetupError(format!(
+                    "rabbitmq: cannot declare queue {name}: {e} (an existing queue with other arguments? check rabbitmq.queue_type)"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, m: &Message) -> Result<(), PublishError> {
+        let started = Instant::now();
+        let result = async {
+            let channel = self.channel().await?;
+            if !self.is_declared(&m.destination) {
+                self.declare(&channel, &m.destination).await.map_err(|e| self.link_error(e))?;
+            }
+            if self.publish_once(&channel, m).await? {
+                return Ok(());
+            }
+            // Returned as unroutable: someone removed the queue or binding. Declare it
+            // again and retry once; a returned message was not stored, so no duplicate.
+            tracing::warn!(destination = %m.destination, "message returned unroutable; re-declaring its queue");
+            self.declared.lock().unwrap_or_else(|p| p.into_inner()).remove(&m.destination);
+            self.declare(&channel, &m.destination).await.map_err(|e| self.link_error(e))?;
+            if self.publish_once(&channel, m).await? {
+                Ok(())
+            } else {
+                Err(PublishError::Rejected(format!("unroutable: no queue bound to {}", m.destination)))
+            }
+        }
+        .await;
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.publish_duration.with_label_values(&["rabbitmq", label]).observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    async fn close(&self, deadline: Duration) {
+        if let Some(link) = self.link.write().await.take() {
+            self.set_ready(false);
+            // Every publish awaited its own confirm, so nothing is pending but stragglers.
+            let _ = tokio::time::timeout(deadline, link.channel.wait_for_confirms()).await;
+            let _ = link.connection.close(200, "shutting down".into()).await;
+        }
+    }
+}

@@ -1,0 +1,633 @@
+//! Typed configuration: built-in defaults ← `config.toml` ← `PCBRIDGE_<SECTION>__<KEY>`
+//! environment variables, then [`Config::validate`].
+//!
+//! Every key has a default here and a commented twin in the repository's
+//! `config.toml`. Secrets (broker passwords, SASL credentials) are accepted only from the
+//! environment or from files named in the configuration, never from `config.toml`
+//! itself: [`Config::load`] refuses a file that holds one. Errors name the offending key
+//! and where its value came from, so an operator can fix it without reading a backtrace.
+//!
+//! This module imports nothing else of the crate.
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duration};
+
+/// A configuration problem, phrased for the operator who has to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// A secret value: printed as `***` by `Debug` so a logged config never leaks it.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is handed to a client library.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+    }
+}
+
+/// The whole configuration. Field docs are the reference; `config.toml` repeats them.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+    pub ingress: IngressConfig,
+    pub signature: SignatureConfig,
+    pub partner_center: PartnerCenterConfig,
+    pub broker: BrokerConfig,
+    pub kafka: KafkaConfig,
+    pub rabbitmq: RabbitMqConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A tracing filter directive (`info`, `pcbridge=debug,rdkafka=warn`); `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: ([0, 0, 0, 0], 9090).into() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngressConfig {
+    /// Address of the webhook listener (`POST /webhooks/partner-center`).
+    pub listen: SocketAddr,
+    /// Largest accepted body; larger requests get 413 and are not read further.
+    pub max_body_bytes: usize,
+    /// How long a request waits for the broker's confirm before answering 503.
+    /// Kept well under Partner Center's delivery timeout so a slow broker costs the
+    /// sender a fast retry rather than a timed-out attempt.
+    pub publish_timeout_ms: u64,
+    /// Upper bound on one whole request (headers, body, verification, publish).
+    pub request_timeout_ms: u64,
+    /// Most requests handled at once; the rest wait in the listen backlog.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([0, 0, 0, 0], 8080).into(),
+            max_body_bytes: 1024 * 1024,
+            publish_timeout_ms: 5_000,
+            request_timeout_ms: 10_000,
+            max_concurrent_requests: 1024,
+        }
+    }
+}
+
+impl IngressConfig {
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// The Microsoft blob container that serves Partner Center's signing certificate.
+pub const MICROSOFT_CERTIFICATE_PREFIX: &str = "https://3psostorageacct.blob.core.windows.net/cert/";
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignatureConfig {
+    /// Certificate URLs are fetched only when they start with one of these (compared
+    /// after parsing: scheme, host, port and path prefix; userinfo is refused).
+    pub trusted_certificate_url_prefixes: Vec<String>,
+    /// The certificate's issuer must carry this organization (O=) name.
+    pub issuer_organization: String,
+    /// Trust Microsoft's roots (and the DigiCert roots Microsoft's TLS CAs chain to).
+    pub microsoft_roots: bool,
+    /// A PEM file of extra trust anchors (tests, sovereign clouds). Empty: none.
+    pub extra_trust_anchors_file: String,
+    /// A PEM file of intermediate CA certificates used to build chains. Empty: none.
+    pub intermediates_file: String,
+    /// Time limit for fetching one certificate.
+    pub fetch_timeout_ms: u64,
+    /// Largest certificate (or PEM bundle) accepted from a certificate URL.
+    pub max_certificate_bytes: usize,
+    /// How many certificate URLs are cached at most.
+    pub cache_max_entries: usize,
+    /// A cached certificate is used at most this long, even if it expires later.
+    pub cache_ttl_secs: u64,
+    /// After a signature fails against a cached certificate, the certificate is fetched
+    /// again, but at most once per this interval and URL (so forged requests cannot make
+    /// us hammer Microsoft's storage).
+    pub refetch_min_interval_secs: u64,
+}
+
+impl Default for SignatureConfig {
+    fn default() -> Self {
+        Self {
+            trusted_certificate_url_prefixes: vec![MICROSOFT_CERTIFICATE_PREFIX.into()],
+            issuer_organization: "Microsoft Corporation".into(),
+            microsoft_roots: true,
+            extra_trust_anchors_file: String::new(),
+            intermediates_file: String::new(),
+            fetch_timeout_ms: 3_000,
+            max_certificate_bytes: 64 * 1024,
+            cache_max_entries: 32,
+            cache_ttl_secs: 24 * 3600,
+            refetch_min_interval_secs: 60,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PartnerCenterConfig {
+    /// The Partner Center API base URL (21Vianet: https://partner.partnercenterapi.microsoftonline.cn).
+    /// Also the CloudEvents `source` of every message.
+    pub base_url: String,
+}
+
+impl Default for PartnerCenterConfig {
+    fn default() -> Self {
+        Self { base_url: "https://api.partnercenter.microsoft.com".into() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    #[default]
+    Kafka,
+    Rabbitmq,
+}
+
+impl fmt::Display for BrokerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BrokerKind::Kafka => "kafka",
+            BrokerKind::Rabbitmq => "rabbitmq",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `kafka` or `rabbitmq`.
+    pub kind: BrokerKind,
+    /// Prepended to every destination name: `{prefix}{EventName}`.
+    pub prefix: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self { kind: BrokerKind::Kafka, prefix: "partnercenter.".into() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]`.
+    pub bootstrap_servers: String,
+    /// Create missing topics at start-up (and on first use of a new event name).
+    pub create_topics: bool,
+    /// Partitions of topics pcbridge creates.
+    pub partitions: i32,
+    /// Replication factor of topics pcbridge creates.
+    pub replication_factor: i32,
+    /// librdkafka properties passed through as they are (`security.protocol`,
+    /// `sasl.mechanism`, `ssl.ca.location`, …). From the environment, `_` stands for
+    /// `.`: `PCBRIDGE_KAFKA__PROPERTIES__SASL_PASSWORD` sets `sasl.password`.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "localhost:9092".into(),
+            create_topics: true,
+            partitions: 6,
+            replication_factor: 3,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The passthrough properties with environment-style keys (`sasl_password`)
+    /// normalised to librdkafka's dotted names (`sasl.password`).
+    pub fn normalized_properties(&self) -> BTreeMap<String, String> {
+        self.properties.iter().map(|(k, v)| (k.replace('_', "."), v.clone())).collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RabbitMqConfig {
+    /// `amqp://host:port/vhost` or `amqps://…`. Credentials go in `username` and the
+    /// password in `PCBRIDGE_RABBITMQ__PASSWORD` or `password_file`.
+    pub url: String,
+    pub username: String,
+    /// Only from the environment (`PCBRIDGE_RABBITMQ__PASSWORD`); refused in config.toml.
+    pub password: Secret,
+    /// A file holding the password (a mounted Kubernetes Secret). Empty: none.
+    pub password_file: String,
+    /// The durable topic exchange every destination is routed through.
+    pub exchange: String,
+    /// `classic` or `quorum` (replicated; recommended on a multi-node cluster).
+    pub queue_type: QueueType,
+    /// Longest wait between reconnection attempts after the broker went away.
+    pub reconnect_max_delay_ms: u64,
+}
+
+impl Default for RabbitMqConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://127.0.0.1:5672/%2f".into(),
+            username: "guest".into(),
+            password: Secret::default(),
+            password_file: String::new(),
+            exchange: "partnercenter".into(),
+            queue_type: QueueType::Classic,
+            reconnect_max_delay_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, in-flight work has this long to finish before the process exits.
+    /// Keep it below Kubernetes' terminationGracePeriodSeconds.
+    pub drain_deadline_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { drain_deadline_ms: 20_000 }
+    }
+}
+
+impl ShutdownConfig {
+    pub fn drain_deadline(&self) -> Duration {
+        Duration::from_millis(self.drain_deadline_ms)
+    }
+}
+
+/// Keys that hold secrets and so must never be read from `config.toml`.
+const SECRET_KAFKA_PROPERTIES: &[&str] =
+    &["sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret", "ssl.keystore.password"];
+
+impl Config {
+    /// Loads defaults ← `path` (when it exists; a missing file is an error only when
+    /// `required`) ← `PCBRIDGE_*` environment, then validates.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, required, Env::prefixed("PCBRIDGE_"))
+    }
+
+    fn load_with_env(path: &Path, required: bool, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if path.exists() {
+            let file = Toml::file_exact(path);
+            let from_file = Figment::from(Toml::file_exact(path));
+            refuse_secrets_in_file(&from_file, path)?;
+            figment = figment.merge(file);
+        } else if required {
+            return Err(ConfigError(format!(
+                "configuration file {} does not exist (pass --config FILE, or run from the directory holding config.toml)",
+                path.display()
+            )));
+        }
+        let env = env
+            .map(|key| match key.as_str() {
+                "log_format" => "log.format".into(),
+                _ => key.as_str().replace("__", ".").into(),
+            })
+            .lowercase(true);
+        let config: Config = figment.merge(env).extract().map_err(describe_figment_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types cannot: ranges, URL shapes, files that must exist.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError(format!("config key `{key}`: {why}")));
+        if !self.broker.prefix.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return bad("broker.prefix", format!("{:?} may hold only A-Z a-z 0-9 . _ -", self.broker.prefix));
+        }
+        if self.broker.prefix.len() > 40 {
+            return bad("broker.prefix", "is longer than 40 characters".into());
+        }
+        if self.ingress.max_body_bytes == 0 {
+            return bad("ingress.max_body_bytes", "must be greater than 0".into());
+        }
+        if self.ingress.publish_timeout_ms == 0 {
+            return bad("ingress.publish_timeout_ms", "must be greater than 0".into());
+        }
+        if self.ingress.request_timeout_ms <= self.ingress.publish_timeout_ms {
+            return bad(
+                "ingress.request_timeout_ms",
+                format!("must be greater than ingress.publish_timeout_ms ({})", self.ingress.publish_timeout_ms),
+            );
+        }
+        if self.ingress.max_concurrent_requests == 0 {
+            return bad("ingress.max_concurrent_requests", "must be greater than 0".into());
+        }
+        if self.signature.trusted_certificate_url_prefixes.is_empty() {
+            return bad("signature.trusted_certificate_url_prefixes", "needs at least one URL prefix".into());
+        }
+        for prefix in &self.signature.trusted_certificate_url_prefixes {
+            let ok = (prefix.starts_with("https://") || prefix.starts_with("http://")) && prefix.ends_with('/');
+            if !ok {
+                return bad(
+                    "signature.trusted_certificate_url_prefixes",
+                    format!("{prefix:?} must be an http(s) URL ending in '/'"),
+                );
+            }
+        }
+        if !self.signature.microsoft_roots && self.signature.extra_trust_anchors_file.is_empty() {
+            return bad(
+                "signature.extra_trust_anchors_file",
+                "is empty while signature.microsoft_roots is false: no certificate could ever be trusted".into(),
+            );
+        }
+        for (key, file) in [
+            ("signature.extra_trust_anchors_file", &self.signature.extra_trust_anchors_file),
+            ("signature.intermediates_file", &self.signature.intermediates_file),
+            ("rabbitmq.password_file", &self.rabbitmq.password_file),
+        ] {
+            if !file.is_empty() && !Path::new(file).is_file() {
+                return bad(key, format!("file {file:?} does not exist"));
+            }
+        }
+        if self.signature.fetch_timeout_ms == 0 || self.signature.max_certificate_bytes == 0 {
+            return bad("signature.fetch_timeout_ms", "and signature.max_certificate_bytes must be > 0".into());
+        }
+        if self.signature.cache_max_entries == 0 {
+            return bad("signature.cache_max_entries", "must be greater than 0".into());
+        }
+        if !(self.partner_center.base_url.starts_with("https://") || self.partner_center.base_url.starts_with("http://")) {
+            return bad("partner_center.base_url", format!("{:?} is not an http(s) URL", self.partner_center.base_url));
+        }
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return bad("kafka.bootstrap_servers", "is empty".into());
+        }
+        if self.kafka.partitions < 1 {
+            return bad("kafka.partitions", "must be at least 1".into());
+        }
+        if self.kafka.replication_factor < 1 && self.kafka.replication_factor != -1 {
+            return bad("kafka.replication_factor", "must be at least 1 (or -1 for the broker's default)".into());
+        }
+        if !(self.rabbitmq.url.starts_with("amqp://") || self.rabbitmq.url.starts_with("amqps://")) {
+            return bad("rabbitmq.url", format!("{:?} must start with amqp:// or amqps://", redact_url(&self.rabbitmq.url)));
+        }
+        if self.rabbitmq.exchange.is_empty() {
+            return bad("rabbitmq.exchange", "is empty".into());
+        }
+        Ok(())
+    }
+
+    /// The RabbitMQ password: the environment, else `password_file`, else RabbitMQ's
+    /// default `guest` (which RabbitMQ accepts only over loopback).
+    pub fn rabbitmq_password(&self) -> Result<Secret, ConfigError> {
+        if !self.rabbitmq.password.is_empty() {
+            return Ok(self.rabbitmq.password.clone());
+        }
+        if !self.rabbitmq.password_file.is_empty() {
+            let text = std::fs::read_to_string(&self.rabbitmq.password_file).map_err(|e| {
+                ConfigError(format!("config key `rabbitmq.password_file`: cannot read {:?}: {e}", self.rabbitmq.password_file))
+            })?;
+            return Ok(Secret::new(text.trim_end_matches(['\r', '\n'])));
+        }
+        Ok(Secret::new("guest"))
+    }
+}
+
+/// Replaces the password of a URL's userinfo with `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &userinfo[..colon], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn refuse_secrets_in_file(file: &Figment, path: &Path) -> Result<(), ConfigError> {
+    let refuse = |key: &str, env: &str| {
+        Err(ConfigError(format!(
+            "{} sets `{key}`, a secret: remove it and set the environment variable {env} (or a *_file key) instead",
+            path.display()
+        )))
+    };
+    if file.find_value("rabbitmq.password").is_ok() {
+        return refuse("rabbitmq.password", "PCBRIDGE_RABBITMQ__PASSWORD");
+    }
+    if let Ok(url) = file.extract_inner::<String>("rabbitmq.url") {
+        if redact_url(&url) != url {
+            return refuse("rabbitmq.url (a password in the URL)", "PCBRIDGE_RABBITMQ__PASSWORD");
+        }
+    }
+    if let Ok(props) = file.extract_inner::<BTreeMap<String, toml_value::Any>>("kafka.properties") {
+        for key in props.keys() {
+            let normalized = key.replace('_', ".");
+            if SECRET_KAFKA_PROPERTIES.contains(&normalized.as_str()) {
+                let env = format!("PCBRIDGE_KAFKA__PROPERTIES__{}", normalized.replace('.', "_").to_uppercase());
+                return refuse(&format!("kafka.properties.{key}"), &env);
+            }
+        }
+    }
+    Ok(())
+}
+
+mod toml_value {
+    /// Accepts any value: only the keys of a table are looked at.
+    #[derive(serde::Deserialize)]
+    pub struct Any(#[allow(dead_code)] serde::de::IgnoredAny);
+}
+
+fn describe_figment_error(error: figment::Error) -> ConfigError {
+    let mut lines = Vec::new();
+    for e in error {
+        let key = if e.path.is_empty() { "(top level)".to_string() } else { e.path.join(".") };
+        let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_else(|| "defaults".into());
+        let env_hint = format!("PCBRIDGE_{}", e.path.iter().map(|p| p.to_uppercase()).collect::<Vec<_>>().join("__"));
+        lines.push(format!("config key `{key}` (from {source}; env {env_hint}): {}", e.kind));
+    }
+    ConfigError(lines.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile_lite::TempFile {
+        tempfile_lite::TempFile::with(text)
+    }
+
+    mod tempfile_lite {
+        /// A file in the temp dir, removed on drop (keeps tests free of a tempfile dependency).
+        pub struct TempFile(pub std::path::PathBuf);
+        impl TempFile {
+            pub fn with(text: &str) -> Self {
+                let path = std::env::temp_dir().join(format!("pcbridge-config-{}.toml", uuid::Uuid::new_v4()));
+                std::fs::write(&path, text).map(|_| Self(path)).unwrap_or_else(|e| panic!("temp file: {e}"))
+            }
+        }
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Env {
+        // Figment's Env reads the process environment; tests run in parallel, so each test
+        // uses its own prefix and only its own variables.
+        let prefix = format!("PCBT{}_", uuid::Uuid::new_v4().simple().to_string()[..8].to_uppercase());
+        for (k, v) in vars {
+            // SAFETY: each test writes only variables under its own unique prefix.
+            unsafe { std::env::set_var(format!("{prefix}{k}"), v) };
+        }
+        Env::prefixed(&prefix)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let f = file("[broker]\nkind = \"rabbitmq\"\nprefix = \"pc.\"\n[ingress]\nmax_body_bytes = 10\n");
+        let c = Config::load_with_env(&f.0, true, env(&[("BROKER__PREFIX", "other."), ("LOG_FORMAT", "json")])).unwrap();
+        assert_eq!(c.broker.kind, BrokerKind::Rabbitmq);
+        assert_eq!(c.broker.prefix, "other.");
+        assert_eq!(c.ingress.max_body_bytes, 10);
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_key_is_named() {
+        let f = file("[ingress]\nlisten = \"not an address\"\n");
+        let err = Config::load_with_env(&f.0, true, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("ingress.listen"), "{err}");
+        let f = file("[ingress]\nlisen = \"0.0.0.0:1\"\n");
+        let err = Config::load_with_env(&f.0, true, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+        let err = Config::load_with_env(Path::new("/nonexistent.toml"), false, env(&[("BROKER__KIND", "nats")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("broker.kind"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = Config::default();
+        c.broker.prefix = "bad prefix/".into();
+        assert!(c.validate().unwrap_err().to_string().contains("broker.prefix"));
+        let mut c = Config::default();
+        c.signature.trusted_certificate_url_prefixes = vec!["ftp://x/".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("trusted_certificate_url_prefixes"));
+    }
+
+    #[test]
+    fn secrets_are_refused_in_the_file_but_taken_from_env() {
+        let f = file("[rabbitmq]\npassword = \"hunter2\"\n");
+        let err = Config::load_with_env(&f.0, true, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("PCBRIDGE_RABBITMQ__PASSWORD") && !err.contains("hunter2"), "{err}");
+        let f = file("[kafka.properties]\n\"sasl.password\" = \"x\"\n");
+        let err = Config::load_with_env(&f.0, true, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("PCBRIDGE_KAFKA__PROPERTIES__SASL_PASSWORD"), "{err}");
+        let f = file("[rabbitmq]\nurl = \"amqp://u:p@h/%2f\"\n");
+        assert!(Config::load_with_env(&f.0, true, env(&[])).is_err());
+
+        let f = file("[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n");
+        let c = Config::load_with_env(
+            &f.0,
+            true,
+            env(&[("KAFKA__PROPERTIES__SASL_PASSWORD", "s3cret"), ("RABBITMQ__PASSWORD", "pw")]),
+        )
+        .unwrap();
+        let props = c.kafka.normalized_properties();
+        assert_eq!(props.get("sasl.password").map(String::as_str), Some("s3cret"));
+        assert_eq!(props.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+        assert_eq!(c.rabbitmq_password().unwrap().expose(), "pw");
+        assert!(!format!("{c:?}").contains("\"pw\""));
+    }
+
+    #[test]
+    fn password_file_is_read() {
+        let mut pw = std::env::temp_dir();
+        pw.push(format!("pcbridge-pw-{}", uuid::Uuid::new_v4()));
+        std::fs::File::create(&pw).and_then(|mut f| f.write_all(b"from-file\n")).unwrap();
+        let mut c = Config::default();
+        c.rabbitmq.password_file = pw.display().to_string();
+        c.validate().unwrap();
+        assert_eq!(c.rabbitmq_password().unwrap().expose(), "from-file");
+        let _ = std::fs::remove_file(pw);
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("amqp://u:p@h:5672/%2f"), "amqp://u:***@h:5672/%2f");
+        assert_eq!(redact_url("amqp://h:5672/%2f"), "amqp://h:5672/%2f");
+    }
+}

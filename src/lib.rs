@@ -1,0 +1,4 @@
+pub mod broker;
+pub mod config;
+pub mod shutdown;
+pub mod telemetry;
