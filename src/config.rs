@@ -151,6 +151,10 @@ pub struct SignatureConfig {
     pub extra_trust_anchors_file: String,
     /// A PEM file of intermediate CA certificates used to build chains. Empty: none.
     pub intermediates_file: String,
+    /// When the chain lacks an intermediate, its issuer certificate is downloaded from
+    /// the certificate's Authority Information Access URL, but only under these
+    /// prefixes. (Fetched issuers still have to chain to a trust anchor.)
+    pub aia_url_prefixes: Vec<String>,
     /// Time limit for fetching one certificate.
     pub fetch_timeout_ms: u64,
     /// Largest certificate (or PEM bundle) accepted from a certificate URL.
@@ -173,6 +177,10 @@ impl Default for SignatureConfig {
             microsoft_roots: true,
             extra_trust_anchors_file: String::new(),
             intermediates_file: String::new(),
+            aia_url_prefixes: vec![
+                "http://www.microsoft.com/pkiops/certs/".into(),
+                "http://cacerts.digicert.com/".into(),
+            ],
             fetch_timeout_ms: 3_000,
             max_certificate_bytes: 64 * 1024,
             cache_max_entries: 32,
@@ -351,9 +359,12 @@ impl Config {
             )));
         }
         let env = env
-            .map(|key| match key.as_str() {
-                "log_format" => "log.format".into(),
-                _ => key.as_str().replace("__", ".").into(),
+            .map(|key| {
+                if key.as_str().eq_ignore_ascii_case("log_format") {
+                    "log.format".into()
+                } else {
+                    key.as_str().replace("__", ".").into()
+                }
             })
             .lowercase(true);
         let config: Config = figment.merge(env).extract().map_err(describe_figment_error)?;
@@ -395,6 +406,11 @@ impl Config {
                     "signature.trusted_certificate_url_prefixes",
                     format!("{prefix:?} must be an http(s) URL ending in '/'"),
                 );
+            }
+        }
+        for prefix in &self.signature.aia_url_prefixes {
+            if !(prefix.starts_with("https://") || prefix.starts_with("http://")) || !prefix.ends_with('/') {
+                return bad("signature.aia_url_prefixes", format!("{prefix:?} must be an http(s) URL ending in '/'"));
             }
         }
         if !self.signature.microsoft_roots && self.signature.extra_trust_anchors_file.is_empty() {
