@@ -1,5 +1,26 @@
+//! pcbridge: a message-queue bridge for Microsoft Partner Center webhooks.
+//!
+//! One event travels like this: Partner Center POSTs a signed webhook to the
+//! [`ingress`], which verifies the signature ([`partner_center::signature`]), parses the
+//! event ([`partner_center::event`]) and publishes the body byte for byte to
+//! `{prefix}{EventName}` through a [`broker::Publisher`] (Kafka or RabbitMQ), answering
+//! 2xx only after the broker confirmed.
+//!
+//! The map:
+//! - [`config`]: defaults ← `config.toml` ← `PCBRIDGE_*` environment, validated.
+//! - [`telemetry`]: logs, and every metric name, defined once.
+//! - [`shutdown`]: SIGTERM / Ctrl-C → a cancellation token; drain with a deadline.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on a separate listener.
+//! - [`partner_center`]: what Partner Center is, knowing nothing of brokers.
+//! - [`broker`]: how messages move, knowing nothing of Partner Center.
+//! - [`ingress`]: the HTTP front. It meets the rest only through [`broker`].
+//! - [`cli`]: the `pcbridge` command line and the wiring of each role.
+
+pub mod admin;
 pub mod broker;
+pub mod cli;
 pub mod config;
+pub mod ingress;
 pub mod partner_center;
 pub mod shutdown;
 pub mod telemetry;

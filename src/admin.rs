@@ -1,0 +1,56 @@
+//! The admin listener of both roles: `/healthz` (the process is alive), `/readyz`
+//! (the broker is connected and the role is not shutting down; 503 otherwise) and
+//! `/metrics` (Prometheus text format).
+
+use crate::shutdown::CancellationToken;
+use crate::telemetry::Metrics;
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Whether the role can do its work right now.
+pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+
+#[derive(Clone)]
+struct AdminState {
+    metrics: Arc<Metrics>,
+    ready: Readiness,
+}
+
+pub fn router(metrics: Arc<Metrics>, ready: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(AdminState { metrics, ready })
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    if (s.ready)() {
+        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false }))).into_response()
+    }
+}
+
+async fn metrics_text(State(s): State<AdminState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response()
+}
+
+/// Serves the admin endpoints until `shutdown` is cancelled.
+pub async fn run(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Readiness,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "admin listening (/healthz /readyz /metrics)");
+    axum::serve(listener, router(metrics, ready)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}

@@ -1,0 +1,59 @@
+//! The `pcbridge` command line: parse, load the configuration, start telemetry, and
+//! wire one role to its listeners and broker. The only place `anyhow` is used.
+
+use crate::config::{Config, LogFormat};
+use crate::telemetry::{LogStyle, Metrics, init_tracing};
+use crate::{broker, ingress, shutdown};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::{path::PathBuf, sync::Arc};
+use tokio::net::TcpListener;
+
+/// Microsoft Partner Center webhooks → Kafka / RabbitMQ.
+#[derive(Debug, Parser)]
+#[command(name = "pcbridge", version, about)]
+pub struct Cli {
+    /// Configuration file. Every key can be overridden by PCBRIDGE_<SECTION>__<KEY>.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Receive signed webhooks and publish them to the broker.
+    Ingress,
+}
+
+/// Runs the chosen command to completion.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (path, required) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from("config.toml"), false),
+    };
+    let config = Config::load(&path, required)?;
+    let style = if config.log.format == LogFormat::Json { LogStyle::Json } else { LogStyle::Text };
+    init_tracing(style, &config.log.level);
+    if !required && !path.exists() {
+        tracing::warn!("no config.toml in the working directory; using defaults and PCBRIDGE_* variables");
+    }
+    match cli.command {
+        Command::Ingress => run_ingress(config).await,
+    }
+}
+
+async fn run_ingress(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let stop = shutdown::on_signal();
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on admin.listen = {}", config.admin.listen))?;
+    let listener = TcpListener::bind(config.ingress.listen)
+        .await
+        .with_context(|| format!("cannot listen on ingress.listen = {}", config.ingress.listen))?;
+    let publisher = broker::connect(&config, "pcbridge-ingress", metrics.clone())
+        .await
+        .with_context(|| format!("cannot start the {} publisher", config.broker.kind))?;
+    ingress::serve(&config, listener, admin_listener, publisher, metrics, stop).await.map_err(anyhow::Error::msg)
+}

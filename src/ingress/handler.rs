@@ -1,0 +1,127 @@
+//! `POST /webhooks/partner-center`: verify → parse → publish → answer.
+//!
+//! The answer is 2xx only once the broker has confirmed the message; any failure on the
+//! way is answered with the status of [`super::error::Rejection`], and nothing is
+//! published for a refused request.
+
+use super::{IngressState, error::Rejection, message};
+use crate::partner_center::{
+    certificate::CacheUse,
+    event::{Event, event_id},
+    signature::SignatureHeaders,
+};
+use crate::telemetry::outcome;
+use axum::{
+    Json,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use serde_json::json;
+use std::sync::Arc;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+/// Keeps `pcbridge_ingress_in_flight_requests` right, however the request ends.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The webhook endpoint.
+pub async fn receive(State(state): State<Arc<IngressState>>, headers: HeaderMap, body: Body) -> Response {
+    let metrics = &state.metrics;
+    let _in_flight = InFlight::enter(&metrics.ingress_in_flight);
+    match accept(&state, &headers, body).await {
+        Ok((event_id, destination, event_name)) => {
+            metrics.ingress_requests.with_label_values(&[outcome::PUBLISHED]).inc();
+            metrics.ingress_events.with_label_values(&[&event_name]).inc();
+            tracing::info!(event_id, event_name, destination, "event published");
+            (StatusCode::OK, Json(json!({ "eventId": event_id, "destination": destination }))).into_response()
+        }
+        Err(rejection) => {
+            metrics.ingress_requests.with_label_values(&[rejection.outcome()]).inc();
+            if let Rejection::Signature(e) = &rejection {
+                metrics.verification_failures.with_label_values(&[e.reason()]).inc();
+                if e.is_transient() {
+                    metrics.certificate_fetches.with_label_values(&["unavailable"]).inc();
+                }
+            }
+            if rejection.status().is_server_error() {
+                tracing::warn!(error = %rejection, code = rejection.code(), "webhook not accepted (sender will retry)");
+            } else {
+                tracing::info!(error = %rejection, code = rejection.code(), "webhook refused");
+            }
+            rejection.into_response()
+        }
+    }
+}
+
+/// Returns `(event id, destination, event name)` of the published event.
+async fn accept(state: &IngressState, headers: &HeaderMap, body: Body) -> Result<(String, String, String), Rejection> {
+    if state.shutdown.is_cancelled() {
+        return Err(Rejection::ShuttingDown);
+    }
+    let limit = state.max_body_bytes;
+    let declared_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|n| n > limit as u64) {
+        return Err(Rejection::TooLarge(limit));
+    }
+    let signature = SignatureHeaders::from_headers(headers)?;
+    let body = read_body(body, limit).await?;
+    let verified = state.verifier.verify(&signature, &body).await?;
+    match verified.cache {
+        CacheUse::Hit => state.metrics.certificate_cache.with_label_values(&["hit"]).inc(),
+        CacheUse::Miss | CacheUse::Refetch => {
+            let label = if verified.cache == CacheUse::Miss { "miss" } else { "refetch" };
+            state.metrics.certificate_cache.with_label_values(&[label]).inc();
+            state.metrics.certificate_fetches.with_label_values(&["ok"]).inc();
+        }
+    }
+    let event = Event::parse(&body)?;
+    let id = event_id(&body);
+    let received_at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+    let incoming_traceparent = headers.get(message::HEADER_TRACEPARENT).and_then(|v| v.to_str().ok());
+    let msg = message::raw_message(
+        message::Accepted { event: &event, event_id: id, body, signature: &signature, received_at, incoming_traceparent },
+        &state.destinations,
+        &state.source,
+    );
+    match tokio::time::timeout(state.publish_timeout, state.publisher.publish(&msg)).await {
+        Ok(Ok(())) => Ok((msg.id, msg.destination, event.name)),
+        Ok(Err(e)) => Err(Rejection::Broker(e)),
+        Err(_) => Err(Rejection::Broker(crate::broker::PublishError::Timeout(state.publish_timeout))),
+    }
+}
+
+/// Reads the whole body, refusing more than `limit` bytes.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Rejection> {
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) => {
+            let inner = e.into_inner();
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(inner.as_ref());
+            while let Some(s) = source {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return Err(Rejection::TooLarge(limit));
+                }
+                source = s.source();
+            }
+            Err(Rejection::BodyRead(inner.to_string()))
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The thin HTTP front: `POST /webhooks/partner-center` verifies each signed webhook
+//! and publishes it, byte for byte, to `{prefix}{EventName}`, answering 2xx only after
+//! the broker confirmed. It knows the broker only through [`Publisher`].
+
+pub mod error;
+pub mod handler;
+pub mod message;
+
+use crate::broker::Publisher;
+use crate::config::Config;
+use crate::partner_center::{event::Destinations, signature::Verifier};
+use crate::shutdown::CancellationToken;
+use crate::telemetry::Metrics;
+use axum::{Router, routing::post};
+use std::{sync::Arc, time::Duration};
+use tokio::net::TcpListener;
+use tower::limit::ConcurrencyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+/// The path Partner Center posts to.
+pub const WEBHOOK_PATH: &str = "/webhooks/partner-center";
+
+/// What every request needs, shared.
+pub struct IngressState {
+    pub verifier: Verifier,
+    /// Where accepted events go; `publish` resolves only after the broker's confirm.
+    pub publisher: Arc<dyn Publisher>,
+    pub destinations: Destinations,
+    /// CloudEvents `source`: the Partner Center base URL.
+    pub source: String,
+    pub max_body_bytes: usize,
+    /// Upper bound on waiting for the confirm; past it the answer is 503, never 2xx.
+    pub publish_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled at shutdown: requests arriving after it get 503 while the ones in
+    /// flight finish (each still waiting for its confirm).
+    pub shutdown: CancellationToken,
+}
+
+impl IngressState {
+    pub fn new(
+        config: &Config,
+        publisher: Arc<dyn Publisher>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            verifier: Verifier::new(&config.signature)?,
+            publisher,
+            destinations: Destinations::new(config.broker.prefix.clone()),
+            source: config.partner_center.base_url.clone(),
+            max_body_bytes: config.ingress.max_body_bytes,
+            publish_timeout: config.ingress.publish_timeout(),
+            request_timeout: config.ingress.request_timeout(),
+            max_concurrent_requests: config.ingress.max_concurrent_requests,
+            metrics,
+            shutdown,
+        })
+    }
+
+    /// Whether the ingress should receive traffic (`/readyz`).
+    pub fn is_ready(&self) -> bool {
+        !self.shutdown.is_cancelled() && self.publisher.is_ready()
+    }
+}
+
+/// The webhook router.
+pub fn router(state: Arc<IngressState>) -> Router {
+    Router::new()
+        .route(WEBHOOK_PATH, post(handler::receive))
+        .layer(ConcurrencyLimitLayer::new(state.max_concurrent_requests))
+        .layer(TimeoutLayer::with_status_code(http::StatusCode::REQUEST_TIMEOUT, state.request_timeout))
+        .with_state(state)
+}
+
+/// Serves the webhook endpoint on `listener` until `shutdown` is cancelled, then
+/// stops accepting and returns once every in-flight request has been answered.
+pub async fn run(listener: TcpListener, state: Arc<IngressState>, shutdown: CancellationToken) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, path = WEBHOOK_PATH, "ingress listening");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+/// Runs the whole ingress role on the given listeners: creates the raw destinations,
+/// serves the admin and webhook endpoints, and on `shutdown` drains in-flight requests
+/// and flushes the broker within `shutdown.drain_deadline_ms`.
+pub async fn serve(
+    config: &Config,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    publisher: Arc<dyn Publisher>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let state = Arc::new(IngressState::new(config, publisher.clone(), metrics.clone(), shutdown.clone())?);
+    let raw = state.destinations.all_raw();
+    match tokio::time::timeout(Duration::from_secs(15), publisher.ensure_destinations(&raw)).await {
+        Ok(Ok(())) => tracing::info!(count = raw.len(), kind = publisher.kind(), "raw destinations ready"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not create destinations at start-up; will retry on first use"),
+        Err(_) => tracing::warn!("creating destinations timed out; will retry on first use"),
+    }
+    let admin_stop = CancellationToken::new();
+    let ready_state = state.clone();
+    let admin = tokio::spawn(crate::admin::run(
+        admin_listener,
+        metrics,
+        Arc::new(move || ready_state.is_ready()),
+        admin_stop.clone(),
+    ));
+    let deadline = config.shutdown.drain_deadline();
+    let server = run(listener, state, shutdown.clone());
+    tokio::pin!(server);
+    let served = tokio::select! {
+        r = &mut server => r.map_err(|e| format!("webhook listener failed: {e}")),
+        () = shutdown.cancelled() => {
+            tracing::info!(deadline_ms = deadline.as_millis() as u64, "draining in-flight requests");
+            match tokio::time::timeout(deadline, &mut server).await {
+                Ok(r) => r.map_err(|e| format!("webhook listener failed: {e}")),
+                Err(_) => {
+                    tracing::warn!("drain deadline passed with requests in flight; they were not answered 2xx");
+                    Ok(())
+                }
+            }
+        }
+    };
+    publisher.close(Duration::from_secs(5).min(deadline)).await;
+    admin_stop.cancel();
+    let _ = admin.await;
+    tracing::info!("ingress stopped");
+    served
+}
