@@ -18,9 +18,9 @@ use rdkafka::{
     util::Timeout,
 };
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{
-        Arc, RwLock, Weak,
+        Arc, Mutex, RwLock, Weak,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -54,6 +54,9 @@ pub struct Kafka {
     /// Topics known to exist, so a topic is created at most once per process and the
     /// hot path takes only a read lock.
     known_topics: RwLock<HashSet<String>>,
+    /// When creating a topic last failed, so a broken CreateTopics is not retried on
+    /// every publish.
+    create_failed: Mutex<HashMap<String, Instant>>,
     create_topics: bool,
     partitions: i32,
     replication_factor: i32,
@@ -96,6 +99,7 @@ impl Kafka {
             producer,
             admin,
             known_topics: RwLock::new(HashSet::new()),
+            create_failed: Mutex::new(HashMap::new()),
             create_topics: config.kafka.create_topics,
             partitions: config.kafka.partitions,
             replication_factor: config.kafka.replication_factor,
@@ -135,41 +139,72 @@ impl Kafka {
         self.metrics.broker_ready.with_label_values(&["kafka"]).set(i64::from(ok));
     }
 
+    fn is_known(&self, topic: &str) -> bool {
+        self.known_topics.read().unwrap_or_else(|p| p.into_inner()).contains(topic)
+    }
+
+    fn mark_known<'a>(&self, topics: impl IntoIterator<Item = &'a String>) {
+        let mut known = self.known_topics.write().unwrap_or_else(|p| p.into_inner());
+        known.extend(topics.into_iter().cloned());
+    }
+
+    /// Creates the topics not yet known to exist, within [`CREATE_TIMEOUT`]. With
+    /// `create_topics = false` the topics are assumed to exist (or to be auto-created
+    /// by the broker, as librdkafka's mock cluster does).
     async fn create_missing(&self, names: &[String]) -> Result<(), SetupError> {
-        let missing: Vec<&String> = {
-            let known = self.known_topics.read().unwrap_or_else(|p| p.into_inner());
-            names.iter().filter(|n| !known.contains(*n)).collect()
-        };
+        let missing: Vec<&String> = names.iter().filter(|n| !self.is_known(n)).collect();
         if missing.is_empty() {
             return Ok(());
         }
-        if self.create_topics {
-            let topics: Vec<NewTopic<'_>> = missing
-                .iter()
-                .map(|n| NewTopic::new(n, self.partitions, TopicReplication::Fixed(self.replication_factor)))
-                .collect();
-            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-            let results = self
-                .admin
-                .create_topics(topics.iter(), &opts)
-                .await
-                .map_err(|e| SetupError(format!("kafka create topics: {e}")))?;
-            for result in results {
-                match result {
-                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((topic, code)) => {
-                        return Err(SetupError(format!(
-                            "kafka: cannot create topic {topic}: {code} (check kafka.partitions / kafka.replication_factor, or set kafka.create_topics = false and create it yourself)"
-                        )));
-                    }
+        if !self.create_topics {
+            self.mark_known(missing);
+            return Ok(());
+        }
+        let topics: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|n| NewTopic::new(n, self.partitions, TopicReplication::Fixed(self.replication_factor)))
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(CREATE_TIMEOUT)).request_timeout(Some(CREATE_TIMEOUT));
+        let results = tokio::time::timeout(CREATE_TIMEOUT + Duration::from_secs(1), self.admin.create_topics(topics.iter(), &opts))
+            .await
+            .map_err(|_| SetupError(format!("kafka: creating topics took longer than {CREATE_TIMEOUT:?}")))?
+            .map_err(|e| SetupError(format!("kafka create topics: {e}")))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(SetupError(format!(
+                        "kafka: cannot create topic {topic}: {code} (check kafka.partitions / kafka.replication_factor, or set kafka.create_topics = false and create it yourself)"
+                    )));
                 }
             }
         }
-        let mut known = self.known_topics.write().unwrap_or_else(|p| p.into_inner());
-        known.extend(missing.into_iter().cloned());
+        self.mark_known(missing);
         Ok(())
     }
+
+    /// Before the first publish to a topic: try to create it, but never let a failed or
+    /// unsupported CreateTopics block publishing — the produce itself decides (it fails,
+    /// and the caller answers 503, if the topic really does not exist). A failed
+    /// attempt is not repeated for [`CREATE_RETRY_AFTER`].
+    async fn ensure_before_publish(&self, topic: &String) {
+        {
+            let failed = self.create_failed.lock().unwrap_or_else(|p| p.into_inner());
+            if failed.get(topic).is_some_and(|at| at.elapsed() < CREATE_RETRY_AFTER) {
+                return;
+            }
+        }
+        if let Err(e) = self.create_missing(std::slice::from_ref(topic)).await {
+            tracing::warn!(topic = %topic, error = %e, "could not create topic; publishing anyway");
+            self.create_failed.lock().unwrap_or_else(|p| p.into_inner()).insert(topic.clone(), Instant::now());
+        }
+    }
 }
+
+/// Longest wait for a CreateTopics round trip.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause before trying again to create a topic whose creation failed.
+const CREATE_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Settings shared by every client pcbridge makes (producer, admin, consumer).
 pub fn base_client_config(config: &Config, client_name: &str) -> ClientConfig {
@@ -214,11 +249,8 @@ impl Publisher for Kafka {
     }
 
     async fn publish(&self, m: &Message) -> Result<(), PublishError> {
-        let known = self.known_topics.read().unwrap_or_else(|p| p.into_inner()).contains(&m.destination);
-        if !known {
-            self.create_missing(std::slice::from_ref(&m.destination))
-                .await
-                .map_err(|e| PublishError::Unavailable(e.0))?;
+        if !self.is_known(&m.destination) {
+            self.ensure_before_publish(&m.destination).await;
         }
         let record = FutureRecord::to(&m.destination).payload(&m.body[..]).key(&m.key).headers(record_headers(m));
         let started = Instant::now();
@@ -229,6 +261,9 @@ impl Publisher for Kafka {
                 self.metrics.publish_duration.with_label_values(&["kafka", "ok"]).observe(elapsed);
                 if !self.ready.load(Ordering::Relaxed) {
                     self.set_ready(true);
+                }
+                if !self.is_known(&m.destination) {
+                    self.mark_known([&m.destination]);
                 }
                 Ok(())
             }

@@ -1,0 +1,336 @@
+//! Black-box test harness: spawn the real ingress on port 0 against the real RabbitMQ
+//! or librdkafka's mock Kafka cluster, each test with its own destination prefix (and
+//! RabbitMQ exchange), and read back what reached the broker.
+#![allow(dead_code)]
+
+pub mod net;
+pub mod pki;
+
+use futures::StreamExt;
+use lapin::{
+    Connection, ConnectionProperties,
+    options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions},
+    types::{AMQPValue, FieldTable},
+};
+use pcbridge::{
+    broker,
+    config::{BrokerKind, Config},
+    ingress,
+    partner_center::event::Destinations,
+    shutdown::CancellationToken,
+    telemetry::Metrics,
+};
+use rdkafka::{
+    ClientConfig, Message as _,
+    consumer::{Consumer, StreamConsumer},
+    message::Headers,
+};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+
+pub const RABBITMQ_ADDR: &str = "127.0.0.1:5672";
+
+/// The 24 catalogue examples, as the JSON bodies Partner Center would send.
+pub fn catalogue() -> Vec<(String, Vec<u8>)> {
+    let text = include_str!("../fixtures/catalogue.json");
+    let values: Vec<serde_json::Value> = serde_json::from_str(text).expect("catalogue.json");
+    values
+        .into_iter()
+        .map(|v| {
+            let name = v["EventName"].as_str().expect("EventName").to_string();
+            (name, serde_json::to_vec_pretty(&v).expect("serialize"))
+        })
+        .collect()
+}
+
+/// A unique destination prefix for one test.
+pub fn unique_prefix() -> String {
+    format!("pctest-{}.", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// Writes `text` to a fresh file under the temp dir and returns its path.
+pub fn temp_file(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("pcbridge-{}-{name}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, text).expect("write temp file");
+    path
+}
+
+/// The per-test world: a CA trusted by the ingress, a signing certificate served by a
+/// local certificate server, and the trusted prefix pointing at it.
+pub struct Pc {
+    pub ca: pki::Ca,
+    pub cert: pki::SigningCert,
+    pub certs: net::CertServer,
+    pub cert_url: String,
+    pub anchors_file: PathBuf,
+}
+
+impl Pc {
+    pub async fn new() -> Self {
+        let ca = pki::Ca::new("Microsoft Corporation");
+        let cert = ca.signing_cert(0, -1, 30);
+        let certs = net::CertServer::start().await;
+        let cert_url = certs.put("pcnotifications-dispatch.test.cer", cert.der.clone());
+        let anchors_file = temp_file("anchors.pem", &ca.pem());
+        Self { ca, cert, certs, cert_url, anchors_file }
+    }
+
+    /// Headers of a genuine delivery of `body`.
+    pub fn headers(&self, body: &[u8]) -> Vec<(&'static str, String)> {
+        vec![
+            ("authorization", format!("Signature {}", self.cert.signer.sign(body))),
+            ("x-ms-certificate-url", self.cert_url.clone()),
+            ("x-ms-signature-algorithm", "rsa-sha256".into()),
+            ("content-type", "application/json".into()),
+        ]
+    }
+}
+
+/// A configuration for a test ingress.
+pub fn config(kind: BrokerKind, pc: &Pc, bootstrap: &str) -> Config {
+    let mut c = Config::default();
+    c.broker.kind = kind;
+    c.broker.prefix = unique_prefix();
+    c.signature.trusted_certificate_url_prefixes = vec![pc.certs.prefix.clone()];
+    c.signature.extra_trust_anchors_file = pc.anchors_file.display().to_string();
+    c.signature.fetch_timeout_ms = 1_000;
+    c.ingress.publish_timeout_ms = 2_000;
+    c.ingress.request_timeout_ms = 8_000;
+    c.kafka.bootstrap_servers = bootstrap.to_string();
+    c.kafka.partitions = 2;
+    c.kafka.replication_factor = 1;
+    // librdkafka's mock cluster has no CreateTopics; it auto-creates topics instead.
+    c.kafka.create_topics = false;
+    c.rabbitmq.url = format!("amqp://{RABBITMQ_ADDR}/%2f");
+    c.rabbitmq.exchange = format!("{}exchange", c.broker.prefix);
+    c.rabbitmq.reconnect_max_delay_ms = 300;
+    c.shutdown.drain_deadline_ms = 5_000;
+    c
+}
+
+/// A running ingress.
+pub struct TestApp {
+    pub url: String,
+    pub admin: String,
+    pub http: reqwest::Client,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<Result<(), String>>,
+}
+
+/// Starts the real ingress on port 0 and waits until it is ready.
+pub async fn spawn_ingress(config: Config) -> TestApp {
+    pcbridge::partner_center::install_crypto_provider();
+    pcbridge::telemetry::init_tracing(pcbridge::telemetry::LogStyle::Text, "warn");
+    let metrics = Arc::new(Metrics::new());
+    let publisher = match broker::connect(&config, "pcbridge-test-ingress", metrics.clone()).await {
+        Ok(p) => p,
+        Err(e) if config.broker.kind == BrokerKind::Rabbitmq => panic!(
+            "RabbitMQ is required by this test and is not reachable at {}: {e}. Start it with `make services`.",
+            config.rabbitmq.url
+        ),
+        Err(e) => panic!("cannot start publisher: {e}"),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}{}", listener.local_addr().expect("addr"), ingress::WEBHOOK_PATH);
+    let admin = format!("http://{}", admin_listener.local_addr().expect("addr"));
+    let shutdown = CancellationToken::new();
+    let (cfg, m, s) = (config.clone(), metrics.clone(), shutdown.clone());
+    let handle = tokio::spawn(async move { ingress::serve(&cfg, listener, admin_listener, publisher, m, s).await });
+    let app = TestApp { url, admin, http: reqwest::Client::new(), config, metrics, shutdown, handle };
+    app.wait_ready(Duration::from_secs(15)).await;
+    app
+}
+
+impl TestApp {
+    pub async fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.readyz().await == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "ingress not ready within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn readyz(&self) -> u16 {
+        match self.http.get(format!("{}/readyz", self.admin)).send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        self.http.get(format!("{}/metrics", self.admin)).send().await.expect("metrics").text().await.expect("text")
+    }
+
+    /// POSTs `body` with `headers`; returns status and parsed JSON body.
+    pub async fn post(&self, body: Vec<u8>, headers: &[(&str, String)]) -> (u16, serde_json::Value) {
+        let mut req = self.http.post(&self.url).body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.send().await.expect("POST");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    pub fn destinations(&self) -> Destinations {
+        Destinations::new(self.config.broker.prefix.clone())
+    }
+
+    /// Stops the ingress and waits for it to drain.
+    pub async fn stop(self) -> Result<(), String> {
+        self.shutdown.cancel();
+        self.handle.await.expect("ingress task")
+    }
+}
+
+/// A message as read back from a broker.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub key: Option<Vec<u8>>,
+    pub body: Vec<u8>,
+    /// Kafka record headers, or AMQP headers.
+    pub headers: BTreeMap<String, String>,
+    /// AMQP basic properties (message_id, content_type, delivery_mode).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Reads up to `want` messages from Kafka topics matching `topics` (names, or one
+/// `^regex`), waiting at most `wait`.
+pub async fn kafka_read(bootstrap: &str, topics: &[&str], want: usize, wait: Duration) -> Vec<Received> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "200")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(topics).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut stream = consumer.stream();
+    while out.len() < want {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(m))) => {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for header in h.iter() {
+                        let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+                        headers.insert(header.key.to_string(), value);
+                    }
+                }
+                out.push(Received {
+                    key: m.key().map(<[u8]>::to_vec),
+                    body: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                    properties: BTreeMap::from([("topic".to_string(), m.topic().to_string())]),
+                });
+            }
+            Ok(Some(Err(e))) => {
+                // Subscribing before a regex's topics exist reports UnknownTopic; keep polling.
+                tracing_like_log(&format!("kafka reader: {e}"));
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out
+}
+
+fn tracing_like_log(line: &str) {
+    eprintln!("{line}");
+}
+
+/// Every message under a prefix on Kafka (waits `wait` for stragglers).
+pub async fn kafka_count_prefix(bootstrap: &str, prefix: &str, wait: Duration) -> usize {
+    let regex = format!("^{}.*", prefix.replace('.', "\\."));
+    kafka_read(bootstrap, &[regex.as_str()], usize::MAX, wait).await.len()
+}
+
+pub async fn rabbit() -> Connection {
+    Connection::connect(&format!("amqp://guest:guest@{RABBITMQ_ADDR}/%2f"), ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| {
+            panic!("RabbitMQ is required and is not reachable at {RABBITMQ_ADDR}: {e}. Start it with `make services`.")
+        })
+}
+
+/// Takes up to `want` messages from a RabbitMQ queue, waiting at most `wait`.
+pub async fn rabbit_read(conn: &Connection, queue: &str, want: usize, wait: Duration) -> Vec<Received> {
+    let channel = conn.create_channel().await.expect("channel");
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    while out.len() < want && Instant::now() < deadline {
+        match channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await {
+            Ok(Some(m)) => {
+                let p = &m.delivery.properties;
+                let mut headers = BTreeMap::new();
+                if let Some(table) = p.headers() {
+                    for (k, v) in table.inner() {
+                        headers.insert(k.to_string(), amqp_text(v));
+                    }
+                }
+                let mut properties = BTreeMap::new();
+                if let Some(id) = p.message_id() {
+                    properties.insert("message_id".into(), id.to_string());
+                }
+                if let Some(ct) = p.content_type() {
+                    properties.insert("content_type".into(), ct.to_string());
+                }
+                if let Some(dm) = p.delivery_mode() {
+                    properties.insert("delivery_mode".into(), dm.to_string());
+                }
+                properties.insert("routing_key".into(), m.delivery.routing_key.to_string());
+                out.push(Received { key: None, body: m.delivery.data.clone(), headers, properties });
+            }
+            Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("basic.get {queue}: {e}"),
+        }
+    }
+    out
+}
+
+fn amqp_text(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Messages waiting in the named queues (a missing queue counts as empty).
+pub async fn rabbit_count(conn: &Connection, queues: &[String]) -> u32 {
+    let mut total = 0;
+    for q in queues {
+        let channel = conn.create_channel().await.expect("channel");
+        if let Ok(queue) = channel
+            .queue_declare(q.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .await
+        {
+            total += queue.message_count();
+        }
+        let _ = channel.close(200, "ok".into()).await;
+    }
+    total
+}
+
+/// Deletes a test's queues and exchange.
+pub async fn rabbit_cleanup(conn: &Connection, config: &Config, extra_queues: &[String]) {
+    let channel = conn.create_channel().await.expect("channel");
+    let d = Destinations::new(config.broker.prefix.clone());
+    for q in d.all_raw().iter().chain(extra_queues) {
+        let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+    }
+    let _ = channel.exchange_delete(config.rabbitmq.exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+}
