@@ -1,0 +1,158 @@
+//! Accepted webhooks reach the broker byte for byte, with the contract's headers.
+
+mod common;
+
+use common::*;
+use pcbridge::config::BrokerKind;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+/// Every catalogue example goes through the real ingress and is read back unchanged.
+async fn catalogue_round_trip(kind: BrokerKind) {
+    let pc = Pc::new().await;
+    let bus = Bus::new(kind).await;
+    let app = spawn_ingress(bus.config(&pc)).await;
+    let events = catalogue();
+    assert_eq!(events.len(), 24);
+    for (i, (name, body)) in events.iter().enumerate() {
+        let mut headers = pc.headers(body);
+        if i % 2 == 1 {
+            // Registrations with SignatureTokenToMsSignatureHeader use x-ms-signature.
+            let auth = headers.remove(0).1;
+            headers.push(("x-ms-signature", auth));
+        }
+        let (status, json) = app.post(body.clone(), &headers).await;
+        assert_eq!(status, 200, "{name}: {json}");
+        assert_eq!(json["eventId"], hex::encode(Sha256::digest(body)), "{name}");
+        assert_eq!(json["destination"], app.destinations().raw(name), "{name}");
+    }
+    let all = bus.read_all(&app.config, &[], events.len(), Duration::from_secs(20)).await;
+    assert_eq!(all.len(), events.len(), "exactly one message per accepted event");
+    for (name, body) in &events {
+        let destination = app.destinations().raw(name);
+        let got: Vec<&Received> = all.iter().filter(|m| m.destination == destination).collect();
+        assert_eq!(got.len(), 1, "{destination}: expected exactly one message");
+        check_raw_message(got[0], name, body, &pc, kind);
+    }
+    let config = app.config.clone();
+    app.stop().await.expect("clean stop");
+    bus.cleanup(&config, &[]).await;
+}
+
+fn check_raw_message(m: &Received, name: &str, body: &[u8], pc: &Pc, kind: BrokerKind) {
+    let id = hex::encode(Sha256::digest(body));
+    let event: serde_json::Value = serde_json::from_slice(body).expect("json");
+    let resource_uri = event["ResourceUri"].as_str().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    assert_eq!(m.body, body, "{name}: body must be byte-identical");
+    let h = &m.headers;
+    assert_eq!(h["pc-event-id"], id, "{name}");
+    assert_eq!(h["pc-event-name"], name);
+    let received = OffsetDateTime::parse(&h["pc-received-at"], &Rfc3339).expect("pc-received-at is RFC 3339");
+    assert!((OffsetDateTime::now_utc() - received).whole_seconds().abs() < 120);
+    assert!(h["pc-received-at"].ends_with('Z'), "UTC");
+    assert!(!h["pc-signature"].is_empty());
+    assert_eq!(h["pc-certificate-url"], pc.cert_url);
+    assert_eq!(h["pc-signature-algorithm"], "rsa-sha256");
+    let tp: Vec<&str> = h["traceparent"].split('-').collect();
+    assert_eq!((tp.len(), tp[0], tp[1].len(), tp[2].len()), (4, "00", 32, 16), "traceparent {:?}", h["traceparent"]);
+    let ce = match kind {
+        BrokerKind::Kafka => "ce_",
+        BrokerKind::Rabbitmq => "cloudEvents_",
+    };
+    assert_eq!(h[&format!("{ce}specversion")], "1.0");
+    assert_eq!(h[&format!("{ce}id")], id);
+    assert_eq!(h[&format!("{ce}source")], "https://api.partnercenter.microsoft.com");
+    assert_eq!(h[&format!("{ce}type")], format!("com.microsoft.partnercenter.{name}"));
+    assert_eq!(h.get(&format!("{ce}subject")), resource_uri.as_ref(), "{name}: subject");
+    let time = h.get(&format!("{ce}time")).expect("every catalogue example has a parsable date");
+    OffsetDateTime::parse(time, &Rfc3339).expect("ce time is RFC 3339");
+    match kind {
+        BrokerKind::Kafka => {
+            let key = String::from_utf8(m.key.clone().expect("key")).expect("utf-8 key");
+            assert_eq!(key, resource_uri.unwrap_or(id), "{name}: key is the ResourceUri, else the event id");
+            assert_eq!(h["content-type"], "application/json");
+        }
+        BrokerKind::Rabbitmq => {
+            assert_eq!(m.properties["message_id"], id);
+            assert_eq!(m.properties["delivery_mode"], "2", "persistent");
+            assert_eq!(m.properties["content_type"], "application/json");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalogue_round_trip_kafka() {
+    catalogue_round_trip(BrokerKind::Kafka).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalogue_round_trip_rabbitmq() {
+    catalogue_round_trip(BrokerKind::Rabbitmq).await;
+}
+
+/// Event names outside the catalogue are published too: a safe one to its own
+/// destination (created on first use), an unsafe one to `{prefix}unrecognized`.
+async fn unknown_event_names(kind: BrokerKind) {
+    let pc = Pc::new().await;
+    let bus = Bus::new(kind).await;
+    let app = spawn_ingress(bus.config(&pc)).await;
+    let d = app.destinations();
+    let future = "quantum-subscription-entangled";
+    let cases = [
+        (future.to_string(), d.raw(future)),
+        ("has spaces/and slashes".to_string(), d.raw("")),
+        ("x".repeat(201), d.raw("")),
+        ("ünïcode".to_string(), d.raw("")),
+    ];
+    assert!(d.raw("").ends_with("unrecognized"));
+    for (name, destination) in &cases {
+        let body = serde_json::to_vec(&serde_json::json!({ "EventName": name, "ResourceUri": null })).unwrap();
+        let (status, json) = app.post(body.clone(), &pc.headers(&body)).await;
+        assert_eq!(status, 200, "{json}");
+        assert_eq!(&json["destination"], destination);
+    }
+    let all = bus.read_all(&app.config, &[d.raw(future)], 4, Duration::from_secs(10)).await;
+    assert_eq!(all.len(), 4);
+    assert_eq!(all.iter().filter(|m| m.destination == d.raw(future)).count(), 1);
+    let unrecognized: Vec<&Received> = all.iter().filter(|m| m.destination == d.raw("")).collect();
+    assert_eq!(unrecognized.len(), 3);
+    // The header keeps the real name even when the destination cannot.
+    assert!(unrecognized.iter().any(|m| m.headers["pc-event-name"] == "has spaces/and slashes"));
+    let config = app.config.clone();
+    app.stop().await.expect("clean stop");
+    bus.cleanup(&config, &[d.raw(future)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_event_names_kafka() {
+    unknown_event_names(BrokerKind::Kafka).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_event_names_rabbitmq() {
+    unknown_event_names(BrokerKind::Rabbitmq).await;
+}
+
+/// A sender's traceparent is continued; loose payloads are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tolerant_parsing_and_trace_context() {
+    let pc = Pc::new().await;
+    let bus = Bus::new(BrokerKind::Rabbitmq).await;
+    let app = spawn_ingress(bus.config(&pc)).await;
+    let body = br#"{ "eventName" : "  subscription-updated ", "ResourceUri": "https://api.partnercenter.microsoft.com/v1/customers/c/subscriptions/s",
+        "AuditUri": "", "ResourceChangeUtcDate": 12345, "Unexpected": {"nested": [1, 2, 3]}, "IsTest": "true" }"#
+        .to_vec();
+    let mut headers = pc.headers(&body);
+    headers.push(("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()));
+    let (status, json) = app.post(body.clone(), &headers).await;
+    assert_eq!(status, 200, "{json}");
+    let got = bus.read(&app.destinations().raw("subscription-updated"), 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, body);
+    assert!(got[0].headers["traceparent"].starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    assert!(!got[0].headers.contains_key("cloudEvents_time"), "an unparsable date is left out, not invented");
+    let config = app.config.clone();
+    app.stop().await.expect("clean stop");
+    bus.cleanup(&config, &[]).await;
+}
