@@ -1,0 +1,103 @@
+//! The `pcbridge` binary itself: configuration errors read like a person wrote them,
+//! and SIGTERM drains and exits cleanly.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn pcbridge() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pcbridge"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    // Only the variables a test sets may reach the configuration.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PCBRIDGE_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn fails_with(cmd: &mut Command, needle: &str) {
+    let out = cmd.output().expect("run pcbridge");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail");
+    assert!(stderr.contains(needle), "stderr should mention {needle:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "no panic: {stderr}");
+}
+
+#[test]
+fn configuration_errors_name_the_key() {
+    let bad = common::temp_file("bad.toml", "[ingress]\nlisten = \"not-an-address\"\n");
+    fails_with(pcbridge().arg("--config").arg(&bad).arg("ingress"), "ingress.listen");
+    let typo = common::temp_file("typo.toml", "[ingress]\nlisen = \"0.0.0.0:1\"\n");
+    fails_with(pcbridge().arg("--config").arg(&typo).arg("ingress"), "lisen");
+    fails_with(pcbridge().arg("--config").arg("/nonexistent/pcbridge.toml").arg("ingress"), "/nonexistent/pcbridge.toml");
+    fails_with(pcbridge().arg("ingress").env("PCBRIDGE_BROKER__KIND", "nats"), "broker.kind");
+    fails_with(pcbridge().arg("ingress").env("PCBRIDGE_BROKER__PREFIX", "has space"), "broker.prefix");
+    let secret = common::temp_file("secret.toml", "[rabbitmq]\npassword = \"hunter2\"\n");
+    let out = pcbridge().arg("--config").arg(&secret).arg("ingress").output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("PCBRIDGE_RABBITMQ__PASSWORD") && !stderr.contains("hunter2"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero() {
+    let (port, admin_port) = (common::net::closed_port().await, common::net::closed_port().await);
+    let prefix = common::unique_prefix();
+    let mut child = pcbridge()
+        .args(["--config", "config.toml", "ingress"])
+        .env("PCBRIDGE_BROKER__KIND", "rabbitmq")
+        .env("PCBRIDGE_BROKER__PREFIX", &prefix)
+        .env("PCBRIDGE_RABBITMQ__EXCHANGE", format!("{prefix}exchange"))
+        .env("PCBRIDGE_INGRESS__LISTEN", format!("127.0.0.1:{port}"))
+        .env("PCBRIDGE_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+        .env("PCBRIDGE_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pcbridge");
+    pcbridge::partner_center::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = http.get(format!("http://127.0.0.1:{admin_port}/readyz")).send().await.map(|r| r.status().as_u16());
+        if matches!(ready, Ok(200)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pcbridge ingress did not become ready");
+        assert!(child.try_wait().expect("wait").is_none(), "pcbridge exited early");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = {
+        let r = http.post(format!("http://127.0.0.1:{port}/webhooks/partner-center")).body("{}").send().await.expect("post");
+        (r.status().as_u16(), ())
+    };
+    assert_eq!(status, 401);
+
+    let started = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill").success());
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut stderr).expect("read");
+    assert!(exit.success(), "exit status {exit:?}\n{stderr}");
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some() && v.get("message").is_some(), "{line}");
+    }
+    assert!(stderr.contains("SIGTERM received"), "{stderr}");
+    assert!(stderr.contains("ingress stopped"), "{stderr}");
+
+    let conn = common::rabbit().await;
+    let mut config = pcbridge::config::Config::default();
+    config.broker.prefix = prefix.clone();
+    config.rabbitmq.exchange = format!("{prefix}exchange");
+    common::rabbit_cleanup(&conn, &config, &[]).await;
+}

@@ -1,0 +1,50 @@
+//! The shipped `config.toml` documents every key with its real default.
+
+use pcbridge::config::Config;
+use std::path::Path;
+
+fn keys(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    if let serde_json::Value::Object(map) = value {
+        for (k, v) in map {
+            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            if v.is_object() && path != "kafka.properties" {
+                keys(v, &path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+}
+
+#[test]
+fn config_toml_matches_the_defaults() {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml")).expect("config.toml");
+    let from_file: toml::Value = toml::from_str(&text).expect("config.toml is TOML");
+    let from_file = serde_json::to_value(&from_file).expect("json");
+    let mut defaults = serde_json::to_value(Config::default()).expect("json");
+    // Secrets are deliberately absent from the file.
+    defaults["rabbitmq"].as_object_mut().expect("table").remove("password");
+    let (mut file_keys, mut default_keys) = (Vec::new(), Vec::new());
+    keys(&from_file, "", &mut file_keys);
+    keys(&defaults, "", &mut default_keys);
+    file_keys.sort();
+    default_keys.sort();
+    assert_eq!(file_keys, default_keys, "config.toml must list every key");
+    assert_eq!(from_file, defaults, "config.toml must show the built-in defaults");
+    // And it loads and validates as it is.
+    Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml"), true).expect("valid");
+}
+
+#[test]
+fn every_key_has_a_comment() {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml")).expect("config.toml");
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') || t.starts_with('[') {
+            continue;
+        }
+        let commented = lines[..i].iter().rev().take_while(|l| !l.trim().is_empty() && !l.trim().starts_with('[')).any(|l| l.trim().starts_with('#'));
+        assert!(commented, "config.toml line {} has no comment above it: {t}", i + 1);
+    }
+}
