@@ -434,7 +434,9 @@ impl Config {
         if self.signature.cache_max_entries == 0 {
             return bad("signature.cache_max_entries", "must be greater than 0".into());
         }
-        if !(self.partner_center.base_url.starts_with("https://") || self.partner_center.base_url.starts_with("http://")) {
+        if !(self.partner_center.base_url.starts_with("https://")
+            || self.partner_center.base_url.starts_with("http://"))
+        {
             return bad("partner_center.base_url", format!("{:?} is not an http(s) URL", self.partner_center.base_url));
         }
         if self.kafka.bootstrap_servers.trim().is_empty() {
@@ -447,7 +449,10 @@ impl Config {
             return bad("kafka.replication_factor", "must be at least 1 (or -1 for the broker's default)".into());
         }
         if !(self.rabbitmq.url.starts_with("amqp://") || self.rabbitmq.url.starts_with("amqps://")) {
-            return bad("rabbitmq.url", format!("{:?} must start with amqp:// or amqps://", redact_url(&self.rabbitmq.url)));
+            return bad(
+                "rabbitmq.url",
+                format!("{:?} must start with amqp:// or amqps://", redact_url(&self.rabbitmq.url)),
+            );
         }
         if self.rabbitmq.exchange.is_empty() {
             return bad("rabbitmq.exchange", "is empty".into());
@@ -463,7 +468,10 @@ impl Config {
         }
         if !self.rabbitmq.password_file.is_empty() {
             let text = std::fs::read_to_string(&self.rabbitmq.password_file).map_err(|e| {
-                ConfigError(format!("config key `rabbitmq.password_file`: cannot read {:?}: {e}", self.rabbitmq.password_file))
+                ConfigError(format!(
+                    "config key `rabbitmq.password_file`: cannot read {:?}: {e}",
+                    self.rabbitmq.password_file
+                ))
             })?;
             return Ok(Secret::new(text.trim_end_matches(['\r', '\n'])));
         }
@@ -495,10 +503,10 @@ fn refuse_secrets_in_file(file: &Figment, path: &Path) -> Result<(), ConfigError
     if file.find_value("rabbitmq.password").is_ok() {
         return refuse("rabbitmq.password", "PCBRIDGE_RABBITMQ__PASSWORD");
     }
-    if let Ok(url) = file.extract_inner::<String>("rabbitmq.url") {
-        if redact_url(&url) != url {
-            return refuse("rabbitmq.url (a password in the URL)", "PCBRIDGE_RABBITMQ__PASSWORD");
-        }
+    if let Ok(url) = file.extract_inner::<String>("rabbitmq.url")
+        && redact_url(&url) != url
+    {
+        return refuse("rabbitmq.url (a password in the URL)", "PCBRIDGE_RABBITMQ__PASSWORD");
     }
     if let Ok(props) = file.extract_inner::<BTreeMap<String, toml_value::Any>>("kafka.properties") {
         for key in props.keys() {
@@ -573,7 +581,8 @@ mod tests {
     #[test]
     fn file_then_env_override() {
         let f = file("[broker]\nkind = \"rabbitmq\"\nprefix = \"pc.\"\n[ingress]\nmax_body_bytes = 10\n");
-        let c = Config::load_with_env(&f.0, true, env(&[("BROKER__PREFIX", "other."), ("LOG_FORMAT", "json")])).unwrap();
+        let c =
+            Config::load_with_env(&f.0, true, env(&[("BROKER__PREFIX", "other."), ("LOG_FORMAT", "json")])).unwrap();
         assert_eq!(c.broker.kind, BrokerKind::Rabbitmq);
         assert_eq!(c.broker.prefix, "other.");
         assert_eq!(c.ingress.max_body_bytes, 10);

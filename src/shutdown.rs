@@ -49,7 +49,10 @@ pub async fn drain_within<F: Future<Output = ()>>(deadline: Duration, drain: F) 
     match tokio::time::timeout(deadline, drain).await {
         Ok(()) => true,
         Err(_) => {
-            tracing::warn!(deadline_ms = deadline.as_millis() as u64, "drain deadline passed; exiting with work in flight");
+            tracing::warn!(
+                deadline_ms = deadline.as_millis() as u64,
+                "drain deadline passed; exiting with work in flight"
+            );
             false
         }
     }

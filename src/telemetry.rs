@@ -74,11 +74,7 @@ impl Metrics {
             registry.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
             c
         };
-        let ingress_requests = counter(
-            "pcbridge_ingress_requests_total",
-            "Webhook requests by outcome.",
-            &["outcome"],
-        );
+        let ingress_requests = counter("pcbridge_ingress_requests_total", "Webhook requests by outcome.", &["outcome"]);
         let ingress_events = counter(
             "pcbridge_ingress_events_total",
             "Events published by the ingress, by event name.",
@@ -94,26 +90,24 @@ impl Metrics {
             "Signing-certificate cache lookups by result (hit, miss, refetch).",
             &["result"],
         );
-        let certificate_fetches = counter(
-            "pcbridge_certificate_fetches_total",
-            "Signing-certificate downloads by result.",
-            &["result"],
-        );
+        let certificate_fetches =
+            counter("pcbridge_certificate_fetches_total", "Signing-certificate downloads by result.", &["result"]);
         // The static names below cannot fail to register in a fresh registry.
         let ingress_in_flight = IntGauge::new("pcbridge_ingress_in_flight_requests", "Webhook requests being handled.")
             .unwrap_or_else(|e| panic!("{e}"));
         registry.register(Box::new(ingress_in_flight.clone())).unwrap_or_else(|e| panic!("{e}"));
         let publish_duration = HistogramVec::new(
-            HistogramOpts::new("pcbridge_publish_duration_seconds", "Time from publish to broker confirm.").buckets(
-                vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
-            ),
+            HistogramOpts::new("pcbridge_publish_duration_seconds", "Time from publish to broker confirm.")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             &["broker", "result"],
         )
         .unwrap_or_else(|e| panic!("{e}"));
         registry.register(Box::new(publish_duration.clone())).unwrap_or_else(|e| panic!("{e}"));
-        let broker_ready =
-            IntGaugeVec::new(Opts::new("pcbridge_broker_ready", "1 while the broker connection is usable."), &["broker"])
-                .unwrap_or_else(|e| panic!("{e}"));
+        let broker_ready = IntGaugeVec::new(
+            Opts::new("pcbridge_broker_ready", "1 while the broker connection is usable."),
+            &["broker"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         registry.register(Box::new(broker_ready.clone())).unwrap_or_else(|e| panic!("{e}"));
         Self {
             registry,

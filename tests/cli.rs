@@ -34,13 +34,19 @@ fn configuration_errors_name_the_key() {
     fails_with(pcbridge().arg("--config").arg(&bad).arg("ingress"), "ingress.listen");
     let typo = common::temp_file("typo.toml", "[ingress]\nlisen = \"0.0.0.0:1\"\n");
     fails_with(pcbridge().arg("--config").arg(&typo).arg("ingress"), "lisen");
-    fails_with(pcbridge().arg("--config").arg("/nonexistent/pcbridge.toml").arg("ingress"), "/nonexistent/pcbridge.toml");
+    fails_with(
+        pcbridge().arg("--config").arg("/nonexistent/pcbridge.toml").arg("ingress"),
+        "/nonexistent/pcbridge.toml",
+    );
     fails_with(pcbridge().arg("ingress").env("PCBRIDGE_BROKER__KIND", "nats"), "broker.kind");
     fails_with(pcbridge().arg("ingress").env("PCBRIDGE_BROKER__PREFIX", "has space"), "broker.prefix");
     let secret = common::temp_file("secret.toml", "[rabbitmq]\npassword = \"hunter2\"\n");
     let out = pcbridge().arg("--config").arg(&secret).arg("ingress").output().expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("PCBRIDGE_RABBITMQ__PASSWORD") && !stderr.contains("hunter2"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("PCBRIDGE_RABBITMQ__PASSWORD") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,7 +77,12 @@ async fn sigterm_drains_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (status, _) = {
-        let r = http.post(format!("http://127.0.0.1:{port}/webhooks/partner-center")).body("{}").send().await.expect("post");
+        let r = http
+            .post(format!("http://127.0.0.1:{port}/webhooks/partner-center"))
+            .body("{}")
+            .send()
+            .await
+            .expect("post");
         (r.status().as_u16(), ())
     };
     assert_eq!(status, 401);
@@ -89,7 +100,8 @@ async fn sigterm_drains_and_exits_zero() {
     std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut stderr).expect("read");
     assert!(exit.success(), "exit status {exit:?}\n{stderr}");
     for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
         assert!(v.get("level").is_some() && v.get("message").is_some(), "{line}");
     }
     assert!(stderr.contains("SIGTERM received"), "{stderr}");

@@ -44,7 +44,11 @@ fn every_key_has_a_comment() {
         if t.is_empty() || t.starts_with('#') || t.starts_with('[') {
             continue;
         }
-        let commented = lines[..i].iter().rev().take_while(|l| !l.trim().is_empty() && !l.trim().starts_with('[')).any(|l| l.trim().starts_with('#'));
+        let commented = lines[..i]
+            .iter()
+            .rev()
+            .take_while(|l| !l.trim().is_empty() && !l.trim().starts_with('['))
+            .any(|l| l.trim().starts_with('#'));
         assert!(commented, "config.toml line {} has no comment above it: {t}", i + 1);
     }
 }

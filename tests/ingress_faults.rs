@@ -87,7 +87,8 @@ async fn certificate_cache_host_down_and_rotation() {
     let app = spawn_ingress(config).await;
 
     // Concurrent first requests share one download; later ones hit the cache.
-    let bodies: Vec<Vec<u8>> = (0..8).map(|i| format!(r#"{{"EventName":"test-created","N":{i}}}"#).into_bytes()).collect();
+    let bodies: Vec<Vec<u8>> =
+        (0..8).map(|i| format!(r#"{{"EventName":"test-created","N":{i}}}"#).into_bytes()).collect();
     let headers: Vec<_> = bodies.iter().map(|b| pc.headers(b)).collect();
     let posts = bodies.iter().zip(&headers).map(|(b, h)| app.post(b.clone(), h));
     for (status, json) in futures::future::join_all(posts).await {

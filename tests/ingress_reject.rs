@@ -9,6 +9,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const EVENT: &[u8] = br#"{"EventName":"subscription-updated","ResourceUri":"https://api.partnercenter.microsoft.com/v1/customers/c/subscriptions/s","ResourceName":"subscription","AuditUri":null,"ResourceChangeUtcDate":"2017-11-16T16:19:06.3520276+00:00"}"#;
 
+/// (what, body, headers, expected status, expected error code)
+type Case = (&'static str, Vec<u8>, Vec<(&'static str, String)>, u16, &'static str);
+
 fn with(headers: &[(&'static str, String)], name: &'static str, value: &str) -> Vec<(&'static str, String)> {
     let mut h: Vec<_> = headers.iter().filter(|(k, _)| *k != name).cloned().collect();
     h.push((name, value.to_string()));
@@ -42,7 +45,11 @@ async fn rejections(kind: BrokerKind) {
     let wrong_org_url = pc.certs.put("contoso.cer", wrong_org.der.clone());
     let other_key = pc.ca.signing_cert(1, -1, 30);
     let untrusted_url = format!("http://{}/cert/pcnotifications-dispatch.test.cer", tripwire.addr);
-    let userinfo_url = format!("http://{}@{}/cert/x.cer", pc.certs.prefix.trim_start_matches("http://").trim_end_matches("/cert/"), tripwire.addr);
+    let userinfo_url = format!(
+        "http://{}@{}/cert/x.cer",
+        pc.certs.prefix.trim_start_matches("http://").trim_end_matches("/cert/"),
+        tripwire.addr
+    );
     let mut tampered = EVENT.to_vec();
     tampered[20] ^= 0x01;
     let not_json = b"EventName=subscription-updated".to_vec();
@@ -55,24 +62,84 @@ async fn rejections(kind: BrokerKind) {
     };
 
     // (what, body, headers, status, error code)
-    let cases: Vec<(&str, Vec<u8>, Vec<(&'static str, String)>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("body tampered by one byte", tampered.clone(), good.clone(), 401, "signature_mismatch"),
-        ("signature from another key", EVENT.to_vec(), signed_headers(&other_key.signer, &pc.cert_url, EVENT), 401, "signature_mismatch"),
-        ("certificate URL outside the trusted prefixes", EVENT.to_vec(), with(&good, "x-ms-certificate-url", &untrusted_url), 401, "untrusted_certificate_url"),
-        ("userinfo trick in the certificate URL", EVENT.to_vec(), with(&good, "x-ms-certificate-url", &userinfo_url), 401, "untrusted_certificate_url"),
-        ("expired certificate", EVENT.to_vec(), signed_headers(&expired.signer, &expired_url, EVENT), 401, "certificate_expired"),
-        ("certificate not chaining to the trust anchors", EVENT.to_vec(), signed_headers(&foreign.signer, &foreign_url, EVENT), 401, "untrusted_chain"),
-        ("wrong issuer organization", EVENT.to_vec(), signed_headers(&wrong_org.signer, &wrong_org_url, EVENT), 401, "wrong_issuer"),
+        (
+            "signature from another key",
+            EVENT.to_vec(),
+            signed_headers(&other_key.signer, &pc.cert_url, EVENT),
+            401,
+            "signature_mismatch",
+        ),
+        (
+            "certificate URL outside the trusted prefixes",
+            EVENT.to_vec(),
+            with(&good, "x-ms-certificate-url", &untrusted_url),
+            401,
+            "untrusted_certificate_url",
+        ),
+        (
+            "userinfo trick in the certificate URL",
+            EVENT.to_vec(),
+            with(&good, "x-ms-certificate-url", &userinfo_url),
+            401,
+            "untrusted_certificate_url",
+        ),
+        (
+            "expired certificate",
+            EVENT.to_vec(),
+            signed_headers(&expired.signer, &expired_url, EVENT),
+            401,
+            "certificate_expired",
+        ),
+        (
+            "certificate not chaining to the trust anchors",
+            EVENT.to_vec(),
+            signed_headers(&foreign.signer, &foreign_url, EVENT),
+            401,
+            "untrusted_chain",
+        ),
+        (
+            "wrong issuer organization",
+            EVENT.to_vec(),
+            signed_headers(&wrong_org.signer, &wrong_org_url, EVENT),
+            401,
+            "wrong_issuer",
+        ),
         ("rsa-sha1", EVENT.to_vec(), with(&good, "x-ms-signature-algorithm", "rsa-sha1"), 401, "unsupported_algorithm"),
         ("missing Authorization", EVENT.to_vec(), without(&good, "authorization"), 401, "missing_header"),
         ("missing X-MS-Certificate-Url", EVENT.to_vec(), without(&good, "x-ms-certificate-url"), 401, "missing_header"),
-        ("missing X-MS-Signature-Algorithm", EVENT.to_vec(), without(&good, "x-ms-signature-algorithm"), 401, "missing_header"),
-        ("invalid base64", EVENT.to_vec(), with(&good, "authorization", "Signature %%%not-base64%%%"), 401, "malformed_signature"),
-        ("wrong authorization scheme", EVENT.to_vec(), with(&good, "authorization", "Bearer abc"), 401, "malformed_signature"),
+        (
+            "missing X-MS-Signature-Algorithm",
+            EVENT.to_vec(),
+            without(&good, "x-ms-signature-algorithm"),
+            401,
+            "missing_header",
+        ),
+        (
+            "invalid base64",
+            EVENT.to_vec(),
+            with(&good, "authorization", "Signature %%%not-base64%%%"),
+            401,
+            "malformed_signature",
+        ),
+        (
+            "wrong authorization scheme",
+            EVENT.to_vec(),
+            with(&good, "authorization", "Bearer abc"),
+            401,
+            "malformed_signature",
+        ),
         ("body not JSON", not_json.clone(), pc.headers(&not_json), 400, "body_not_json"),
         ("no EventName", no_name.clone(), pc.headers(&no_name), 400, "missing_event_name"),
         ("body over the limit", oversize.clone(), pc.headers(&oversize), 413, "payload_too_large"),
-        ("certificate host refuses connections", EVENT.to_vec(), with(&good, "x-ms-certificate-url", &format!("{refused_prefix}x.cer")), 503, "certificate_unavailable"),
+        (
+            "certificate host refuses connections",
+            EVENT.to_vec(),
+            with(&good, "x-ms-certificate-url", &format!("{refused_prefix}x.cer")),
+            503,
+            "certificate_unavailable",
+        ),
     ];
     for (what, body, headers, status, code) in cases {
         let (got, json) = app.post(body, &headers).await;
@@ -82,7 +149,9 @@ async fn rejections(kind: BrokerKind) {
     assert_eq!(tripwire.connections(), 0, "no connection may be made to an untrusted certificate host");
 
     // The certificate host failing (5xx, or too slow) is transient: 503, not 401.
-    for (mode, name) in [(CertMode::Status(500), "fail500.cer"), (CertMode::Status(503), "fail503.cer"), (CertMode::Hang, "hang.cer")] {
+    for (mode, name) in
+        [(CertMode::Status(500), "fail500.cer"), (CertMode::Status(503), "fail503.cer"), (CertMode::Hang, "hang.cer")]
+    {
         let url = pc.certs.put(name, pc.cert.der.clone());
         pc.certs.set_mode(mode);
         let (got, json) = app.post(EVENT.to_vec(), &with(&good, "x-ms-certificate-url", &url)).await;
@@ -95,8 +164,21 @@ async fn rejections(kind: BrokerKind) {
     assert_eq!(status, 413, "chunked oversize body");
 
     let metrics = app.metrics_text().await;
-    for reason in ["signature_mismatch", "untrusted_certificate_url", "certificate_expired", "untrusted_chain", "wrong_issuer", "unsupported_algorithm", "missing_header", "malformed_signature", "certificate_unavailable"] {
-        assert!(metrics.contains(&format!("pcbridge_signature_verification_failures_total{{reason=\"{reason}\"}}")), "metric for {reason}");
+    for reason in [
+        "signature_mismatch",
+        "untrusted_certificate_url",
+        "certificate_expired",
+        "untrusted_chain",
+        "wrong_issuer",
+        "unsupported_algorithm",
+        "missing_header",
+        "malformed_signature",
+        "certificate_unavailable",
+    ] {
+        assert!(
+            metrics.contains(&format!("pcbridge_signature_verification_failures_total{{reason=\"{reason}\"}}")),
+            "metric for {reason}"
+        );
     }
     assert!(!metrics.contains("outcome=\"published\""), "nothing was published");
 
@@ -115,7 +197,8 @@ async fn chunked_post(url: &str, body: &[u8], headers: &[(&'static str, String)]
     let rest = url.trim_start_matches("http://");
     let (host, path) = rest.split_once('/').expect("url");
     let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let mut req = format!("POST /{path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n");
+    let mut req =
+        format!("POST /{path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -84,7 +84,11 @@ impl Kafka {
         }
         for (k, v) in ENFORCED {
             if cc.get(k).is_some_and(|set| set != *v) {
-                tracing::warn!(property = k, enforced = v, "overriding kafka property: pcbridge needs it for at-least-once delivery");
+                tracing::warn!(
+                    property = k,
+                    enforced = v,
+                    "overriding kafka property: pcbridge needs it for at-least-once delivery"
+                );
             }
             cc.set(*k, *v);
         }
@@ -165,10 +169,13 @@ impl Kafka {
             .map(|n| NewTopic::new(n, self.partitions, TopicReplication::Fixed(self.replication_factor)))
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(CREATE_TIMEOUT)).request_timeout(Some(CREATE_TIMEOUT));
-        let results = tokio::time::timeout(CREATE_TIMEOUT + Duration::from_secs(1), self.admin.create_topics(topics.iter(), &opts))
-            .await
-            .map_err(|_| SetupError(format!("kafka: creating topics took longer than {CREATE_TIMEOUT:?}")))?
-            .map_err(|e| SetupError(format!("kafka create topics: {e}")))?;
+        let results = tokio::time::timeout(
+            CREATE_TIMEOUT + Duration::from_secs(1),
+            self.admin.create_topics(topics.iter(), &opts),
+        )
+        .await
+        .map_err(|_| SetupError(format!("kafka: creating topics took longer than {CREATE_TIMEOUT:?}")))?
+        .map_err(|e| SetupError(format!("kafka create topics: {e}")))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

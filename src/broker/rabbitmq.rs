@@ -13,7 +13,9 @@ use crate::telemetry::Metrics;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-    options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{
+        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    },
     types::{AMQPValue, FieldTable, LongString, ShortString},
     uri::AMQPUri,
 };
@@ -126,11 +128,15 @@ impl RabbitMq {
         if self.queue_type == QueueType::Quorum {
             args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
         }
+        channel.queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
         channel
-            .queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
-            .await?;
-        channel
-            .queue_bind(name.into(), self.exchange.as_str().into(), name.into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                name.into(),
+                self.exchange.as_str().into(),
+                name.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         self.declared.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string());
         Ok(())
@@ -196,10 +202,9 @@ fn properties(m: &Message) -> BasicProperties {
 }
 
 fn amqp_uri(rmq: &RabbitMqConfig, config: &Config) -> Result<AMQPUri, SetupError> {
-    let mut uri: AMQPUri = rmq
-        .url
-        .parse()
-        .map_err(|e| SetupError(format!("config key `rabbitmq.url`: {:?} is not an AMQP URL: {e}", redact_url(&rmq.url))))?;
+    let mut uri: AMQPUri = rmq.url.parse().map_err(|e| {
+        SetupError(format!("config key `rabbitmq.url`: {:?} is not an AMQP URL: {e}", redact_url(&rmq.url)))
+    })?;
     if uri.authority.userinfo.password.is_empty() || rmq.username != "guest" || !rmq.password.is_empty() {
         uri.authority.userinfo.username = rmq.username.clone();
         uri.authority.userinfo.password = config.rabbitmq_password().map_err(|e| SetupError(e.0))?.expose().to_string();

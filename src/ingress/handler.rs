@@ -74,10 +74,8 @@ async fn accept(state: &IngressState, headers: &HeaderMap, body: Body) -> Result
         return Err(Rejection::ShuttingDown);
     }
     let limit = state.max_body_bytes;
-    let declared_length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared_length =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared_length.is_some_and(|n| n > limit as u64) {
         return Err(Rejection::TooLarge(limit));
     }
@@ -97,7 +95,14 @@ async fn accept(state: &IngressState, headers: &HeaderMap, body: Body) -> Result
     let received_at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
     let incoming_traceparent = headers.get(message::HEADER_TRACEPARENT).and_then(|v| v.to_str().ok());
     let msg = message::raw_message(
-        message::Accepted { event: &event, event_id: id, body, signature: &signature, received_at, incoming_traceparent },
+        message::Accepted {
+            event: &event,
+            event_id: id,
+            body,
+            signature: &signature,
+            received_at,
+            incoming_traceparent,
+        },
         &state.destinations,
         &state.source,
     );

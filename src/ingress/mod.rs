@@ -97,7 +97,9 @@ pub async fn serve(
     let raw = state.destinations.all_raw();
     match tokio::time::timeout(Duration::from_secs(15), publisher.ensure_destinations(&raw)).await {
         Ok(Ok(())) => tracing::info!(count = raw.len(), kind = publisher.kind(), "raw destinations ready"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not create destinations at start-up; will retry on first use"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not create destinations at start-up; will retry on first use")
+        }
         Err(_) => tracing::warn!("creating destinations timed out; will retry on first use"),
     }
     let admin_stop = CancellationToken::new();

@@ -87,7 +87,9 @@ impl CertificateStore {
     pub fn new(config: &SignatureConfig) -> Result<Self, String> {
         super::install_crypto_provider();
         let parse_prefixes = |key: &str, list: &[String]| -> Result<Vec<Url>, String> {
-            list.iter().map(|p| Url::parse(p).map_err(|e| format!("config key `signature.{key}`: {p:?}: {e}"))).collect()
+            list.iter()
+                .map(|p| Url::parse(p).map_err(|e| format!("config key `signature.{key}`: {p:?}: {e}")))
+                .collect()
         };
         let mut anchors: Vec<TrustAnchor<'static>> = Vec::new();
         if config.microsoft_roots {
@@ -95,8 +97,9 @@ impl CertificateStore {
         }
         if !config.extra_trust_anchors_file.is_empty() {
             for der in read_pem_file(&config.extra_trust_anchors_file, "signature.extra_trust_anchors_file")? {
-                let anchor = webpki::anchor_from_trusted_cert(&der)
-                    .map_err(|e| format!("config key `signature.extra_trust_anchors_file`: a certificate is unusable: {e:?}"))?;
+                let anchor = webpki::anchor_from_trusted_cert(&der).map_err(|e| {
+                    format!("config key `signature.extra_trust_anchors_file`: a certificate is unusable: {e:?}")
+                })?;
                 anchors.push(anchor.to_owned());
             }
         }
@@ -115,7 +118,10 @@ impl CertificateStore {
             .map_err(|e| format!("certificate HTTP client: {e}"))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                trusted_prefixes: parse_prefixes("trusted_certificate_url_prefixes", &config.trusted_certificate_url_prefixes)?,
+                trusted_prefixes: parse_prefixes(
+                    "trusted_certificate_url_prefixes",
+                    &config.trusted_certificate_url_prefixes,
+                )?,
                 aia_prefixes: parse_prefixes("aia_url_prefixes", &config.aia_url_prefixes)?,
                 anchors,
                 intermediates,
@@ -135,10 +141,10 @@ impl CertificateStore {
     pub async fn get(&self, url: &str) -> Result<(Arc<TrustedKey>, CacheUse), VerifyError> {
         {
             let cache = self.inner.cache.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(key) = cache.get(url) {
-                if Instant::now() < key.valid_until {
-                    return Ok((key.clone(), CacheUse::Hit));
-                }
+            if let Some(key) = cache.get(url)
+                && Instant::now() < key.valid_until
+            {
+                return Ok((key.clone(), CacheUse::Hit));
             }
         }
         Ok((self.load(url).await?, CacheUse::Miss))
@@ -174,7 +180,8 @@ impl CertificateStore {
                     result
                 });
                 let shared: Loading = async move {
-                    task.await.unwrap_or_else(|e| Err(VerifyError::CertificateUnavailable(format!("download task: {e}"))))
+                    task.await
+                        .unwrap_or_else(|e| Err(VerifyError::CertificateUnavailable(format!("download task: {e}"))))
                 }
                 .boxed()
                 .shared();
@@ -208,10 +215,10 @@ impl Inner {
         if cache.len() >= self.max_entries && !cache.contains_key(url) {
             let now = Instant::now();
             cache.retain(|_, k| k.valid_until > now);
-            if cache.len() >= self.max_entries {
-                if let Some(oldest) = cache.iter().min_by_key(|(_, k)| k.fetched_at).map(|(u, _)| u.clone()) {
-                    cache.remove(&oldest);
-                }
+            if cache.len() >= self.max_entries
+                && let Some(oldest) = cache.iter().min_by_key(|(_, k)| k.fetched_at).map(|(u, _)| u.clone())
+            {
+                cache.remove(&oldest);
             }
         }
         cache.insert(url.to_string(), key);
@@ -288,7 +295,9 @@ impl Inner {
                 .filter(|u| !fetched.contains(u))
                 .collect();
             let Some(next) = candidates.into_iter().find(|u| {
-                Url::parse(u).is_ok_and(|url| url.username().is_empty() && self.aia_prefixes.iter().any(|p| under_prefix(&url, p)))
+                Url::parse(u).is_ok_and(|url| {
+                    url.username().is_empty() && self.aia_prefixes.iter().any(|p| under_prefix(&url, p))
+                })
             }) else {
                 return Err(VerifyError::UntrustedChain("UnknownIssuer".into()));
             };
@@ -304,7 +313,8 @@ impl Inner {
     /// Checks the issuer organization and extracts the RSA public key.
     fn trusted_key(&self, leaf: &CertificateDer<'static>) -> Result<TrustedKey, VerifyError> {
         let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| VerifyError::BadCertificate(e.to_string()))?;
-        let issuer_ok = cert.issuer().iter_organization().any(|o| o.as_str().is_ok_and(|s| s == self.issuer_organization));
+        let issuer_ok =
+            cert.issuer().iter_organization().any(|o| o.as_str().is_ok_and(|s| s == self.issuer_organization));
         if !issuer_ok {
             return Err(VerifyError::WrongIssuer(self.issuer_organization.clone()));
         }
@@ -313,8 +323,9 @@ impl Inner {
             return Err(VerifyError::BadCertificate("the certificate's key is not RSA".into()));
         }
         let now = Instant::now();
-        let remaining = u64::try_from(cert.validity().not_after.timestamp() - time::OffsetDateTime::now_utc().unix_timestamp())
-            .unwrap_or(0);
+        let remaining =
+            u64::try_from(cert.validity().not_after.timestamp() - time::OffsetDateTime::now_utc().unix_timestamp())
+                .unwrap_or(0);
         Ok(TrustedKey {
             public_key: spki.subject_public_key.data.to_vec(),
             subject: cert.subject().to_string(),
@@ -351,7 +362,9 @@ fn parse_certificates(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, Veri
 
 /// The caIssuers URLs of a certificate's Authority Information Access extension.
 fn ca_issuer_urls(der: &CertificateDer<'_>) -> Vec<String> {
-    let Ok((_, cert)) = X509Certificate::from_der(der) else { return Vec::new() };
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
     cert.extensions()
         .iter()
         .filter_map(|ext| match ext.parsed_extension() {

@@ -99,7 +99,8 @@ impl Event {
 /// A field by case-insensitive key, as a trimmed non-empty string. Numbers and booleans
 /// are accepted in their JSON text form; `null`, objects and arrays are absent.
 fn field(map: &Map<String, Value>, key: &str) -> Option<String> {
-    let value = map.get(key).or_else(|| map.iter().find(|(k, _)| k.trim().eq_ignore_ascii_case(key)).map(|(_, v)| v))?;
+    let value =
+        map.get(key).or_else(|| map.iter().find(|(k, _)| k.trim().eq_ignore_ascii_case(key)).map(|(_, v)| v))?;
     let text = match value {
         Value::String(s) => s.trim().to_string(),
         Value::Number(n) => n.to_string(),

@@ -9,8 +9,7 @@
 use super::certificate::{CacheUse, CertificateStore};
 use crate::config::SignatureConfig;
 use base64::{
-    Engine,
-    alphabet,
+    Engine, alphabet,
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
 };
 use http::HeaderMap;
@@ -117,10 +116,14 @@ impl SignatureHeaders {
         }
         let signature_text = match raw_signature.split_once(' ') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("Signature") => rest.trim(),
-            Some(_) => return Err(VerifyError::MalformedSignature("expected the Signature scheme".into())),
+            Some(_) => {
+                return Err(VerifyError::MalformedSignature("expected the Signature scheme".into()));
+            }
             // x-ms-signature may carry the bare value.
             None if headers.contains_key(HEADER_MS_SIGNATURE) => raw_signature,
-            None => return Err(VerifyError::MalformedSignature("expected \"Signature <base64>\"".into())),
+            None => {
+                return Err(VerifyError::MalformedSignature("expected \"Signature <base64>\"".into()));
+            }
         };
         let signature = BASE64
             .decode(signature_text)
@@ -209,7 +212,11 @@ mod tests {
 
     #[test]
     fn refuses_bad_headers() {
-        let ok = [("authorization", "Signature AQID"), ("x-ms-certificate-url", URL), ("x-ms-signature-algorithm", "rsa-sha256")];
+        let ok = [
+            ("authorization", "Signature AQID"),
+            ("x-ms-certificate-url", URL),
+            ("x-ms-signature-algorithm", "rsa-sha256"),
+        ];
         for missing in 0..3 {
             let pairs: Vec<_> = ok.iter().enumerate().filter(|(i, _)| *i != missing).map(|(_, p)| *p).collect();
             assert!(matches!(SignatureHeaders::from_headers(&headers(&pairs)), Err(VerifyError::MissingHeader(_))));

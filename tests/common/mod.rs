@@ -102,8 +102,7 @@ pub fn signed_headers(signer: &pki::Signer, cert_url: &str, body: &[u8]) -> Vec<
     ]
 }
 
-impl Pc {
-}
+impl Pc {}
 
 /// A configuration for a test ingress.
 pub fn config(kind: BrokerKind, pc: &Pc, bootstrap: &str) -> Config {
@@ -327,7 +326,13 @@ pub async fn rabbit_read(conn: &Connection, queue: &str, want: usize, wait: Dura
                     properties.insert("delivery_mode".into(), dm.to_string());
                 }
                 properties.insert("routing_key".into(), m.delivery.routing_key.to_string());
-                out.push(Received { destination: m.delivery.routing_key.to_string(), key: None, body: m.delivery.data.clone(), headers, properties });
+                out.push(Received {
+                    destination: m.delivery.routing_key.to_string(),
+                    key: None,
+                    body: m.delivery.data.clone(),
+                    headers,
+                    properties,
+                });
             }
             Ok(None) if Instant::now() >= deadline => break,
             Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -365,7 +370,11 @@ pub async fn rabbit_count(conn: &Connection, queues: &[String]) -> u32 {
     for q in queues {
         let channel = conn.create_channel().await.expect("channel");
         if let Ok(queue) = channel
-            .queue_declare(q.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
             .await
         {
             total += queue.message_count();
@@ -428,7 +437,9 @@ impl Bus {
     /// Every message under the test's prefix (raw destinations plus `extra`).
     pub async fn count_all(&self, config: &Config, extra: &[String]) -> usize {
         match self {
-            Bus::Kafka(m) => kafka_count_prefix(&m.bootstrap_servers(), &config.broker.prefix, Duration::from_secs(3)).await,
+            Bus::Kafka(m) => {
+                kafka_count_prefix(&m.bootstrap_servers(), &config.broker.prefix, Duration::from_secs(3)).await
+            }
             Bus::Rabbit(c) => {
                 let d = Destinations::new(config.broker.prefix.clone());
                 let queues: Vec<String> = d.all_raw().into_iter().chain(extra.iter().cloned()).collect();

@@ -43,11 +43,8 @@ impl CertServer {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind cert server");
         let addr = listener.local_addr().expect("addr");
-        let state = CertState {
-            files: Arc::default(),
-            mode: Arc::new(Mutex::new(CertMode::Serve)),
-            hits: Arc::default(),
-        };
+        let state =
+            CertState { files: Arc::default(), mode: Arc::new(Mutex::new(CertMode::Serve)), hits: Arc::default() };
         let app = Router::new().route("/cert/{name}", get(serve_cert)).with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { prefix: format!("http://{addr}/cert/"), state }
@@ -72,7 +69,9 @@ async fn serve_cert(State(s): State<CertState>, Path(name): Path<String>) -> Res
     s.hits.fetch_add(1, Ordering::SeqCst);
     let mode = *s.mode.lock().unwrap();
     match mode {
-        CertMode::Status(code) => StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR).into_response(),
+        CertMode::Status(code) => {
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR).into_response()
+        }
         CertMode::Hang => {
             tokio::time::sleep(Duration::from_secs(60)).await;
             StatusCode::GATEWAY_TIMEOUT.into_response()
@@ -141,7 +140,9 @@ impl Proxy {
                 let (u, g, upstream) = (u.clone(), g.clone(), upstream.clone());
                 let born = g.load(Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
+                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
                     let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
                     let cut = async {
                         while u.load(Ordering::SeqCst) && g.load(Ordering::SeqCst) == born {

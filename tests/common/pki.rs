@@ -37,7 +37,8 @@ impl Ca {
         dn.push(DnType::CommonName, format!("{org} Test Root"));
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         params.not_before = OffsetDateTime::now_utc() - Duration::days(30);
         params.not_after = OffsetDateTime::now_utc() + Duration::days(365);
         let key = KeyPair::generate().expect("ca key");
@@ -63,10 +64,7 @@ impl Ca {
         params.not_before = OffsetDateTime::now_utc() + Duration::days(from_days);
         params.not_after = OffsetDateTime::now_utc() + Duration::days(until_days);
         let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
-        SigningCert {
-            der: cert.der().to_vec(),
-            signer: Signer::new(&pkcs8),
-        }
+        SigningCert { der: cert.der().to_vec(), signer: Signer::new(&pkcs8) }
     }
 }
 

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Makes a fresh machine ready for `make test`: the C build dependencies of rdkafka and,
+# for the tests, a running RabbitMQ on 127.0.0.1:5672 (guest/guest). Idempotent: it does
+# nothing where everything is already there.
+#
+#   .ci/setup.sh build      only the build dependencies
+#   .ci/setup.sh services   only RabbitMQ
+#   .ci/setup.sh            both
+set -euo pipefail
+
+what="${1:-all}"
+apt_updated=""
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: $1 is missing and this script is not running as root." >&2
+    echo "setup: run:  sudo apt-get update && sudo apt-get install -y $2" >&2
+    exit 1
+  fi
+}
+
+apt_install() {
+  need_root "$1" "$*"
+  export DEBIAN_FRONTEND=noninteractive
+  if [ -z "$apt_updated" ]; then
+    apt-get update -q
+    apt_updated=1
+  fi
+  apt-get install -y -q --no-install-recommends "$@"
+}
+
+build_deps() {
+  # librdkafka is built from source by rdkafka-sys (with OpenSSL for TLS/SASL).
+  local missing=()
+  command -v cc >/dev/null || missing+=(gcc)
+  command -v make >/dev/null || missing+=(make)
+  command -v pkg-config >/dev/null || missing+=(pkg-config)
+  command -v perl >/dev/null || missing+=(perl)
+  if command -v pkg-config >/dev/null && ! pkg-config --exists openssl; then missing+=(libssl-dev); fi
+  if command -v pkg-config >/dev/null && ! pkg-config --exists zlib; then missing+=(zlib1g-dev); fi
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing build dependencies: ${missing[*]}"
+    apt_install "${missing[@]}"
+  fi
+}
+
+rabbit_port_open() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+
+services() {
+  if rabbit_port_open; then
+    echo "setup: RabbitMQ is listening on 127.0.0.1:5672"
+    return
+  fi
+  if ! command -v rabbitmq-server >/dev/null; then
+    echo "setup: RabbitMQ is not installed; installing the Debian package"
+    apt_install rabbitmq-server
+  fi
+  need_root "a running RabbitMQ" "rabbitmq-server  (then: sudo rabbitmq-server -detached)"
+  echo "setup: starting RabbitMQ"
+  rabbitmq-server -detached || true
+  for _ in $(seq 1 120); do
+    if rabbit_port_open; then
+      rabbitmqctl await_startup >/dev/null 2>&1 || true
+      echo "setup: RabbitMQ is up"
+      return
+    fi
+    sleep 1
+  done
+  echo "setup: RabbitMQ did not start within 120 s; see /var/log/rabbitmq/" >&2
+  exit 1
+}
+
+case "$what" in
+  build) build_deps ;;
+  services) services ;;
+  all) build_deps; services ;;
+  *) echo "usage: $0 [build|services]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,35 @@
+# pcbridge — the commands the README promises.
+CARGO ?= cargo
+
+.PHONY: test lint fmt build release setup build-deps services
+
+## Run the whole test suite (starts or installs RabbitMQ first when needed).
+test: setup
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --all-targets --no-fail-fast; \
+	else \
+		$(CARGO) test --all-targets --no-fail-fast; \
+	fi
+
+## Formatting and clippy, as CI runs them.
+lint: build-deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+build: build-deps
+	$(CARGO) build
+
+release: build-deps
+	$(CARGO) build --release
+
+setup:
+	bash .ci/setup.sh
+
+build-deps:
+	bash .ci/setup.sh build
+
+services:
+	bash .ci/setup.sh services
