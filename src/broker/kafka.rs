@@ -74,24 +74,7 @@ impl Kafka {
     /// Builds the producer and admin client; connection happens in the background.
     pub fn connect(config: &Config, client_name: &str, metrics: Arc<Metrics>) -> Result<Self, SetupError> {
         let publish_timeout = config.ingress.publish_timeout();
-        let mut cc = base_client_config(config, client_name);
-        cc.set("linger.ms", "1")
-            // librdkafka gives up on a record after this; the ingress answers 503 then.
-            .set("message.timeout.ms", publish_timeout.as_millis().to_string())
-            .set("request.timeout.ms", publish_timeout.as_millis().clamp(1, 30_000).to_string());
-        for (k, v) in config.kafka.normalized_properties() {
-            cc.set(k, v);
-        }
-        for (k, v) in ENFORCED {
-            if cc.get(k).is_some_and(|set| set != *v) {
-                tracing::warn!(
-                    property = k,
-                    enforced = v,
-                    "overriding kafka property: pcbridge needs it for at-least-once delivery"
-                );
-            }
-            cc.set(*k, *v);
-        }
+        let cc = producer_config(config, client_name);
         let ready = Arc::new(AtomicBool::new(false));
         let producer: FutureProducer<ReadinessContext> = cc
             .create_with_context(ReadinessContext { ready: ready.clone() })
@@ -213,6 +196,34 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before trying again to create a topic whose creation failed.
 const CREATE_RETRY_AFTER: Duration = Duration::from_secs(60);
 
+/// The producer's settings: pcbridge's defaults, then the user's passthrough
+/// properties, then [`ENFORCED`] (with a warning when the user asked otherwise).
+pub fn producer_config(config: &Config, client_name: &str) -> ClientConfig {
+    let publish_timeout = config.ingress.publish_timeout().as_millis();
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        .set("client.id", client_name)
+        .set("linger.ms", "1")
+        // librdkafka gives up on a record when the ingress does, so a 503'd event is
+        // not delivered later behind the sender's back.
+        .set("message.timeout.ms", publish_timeout.to_string())
+        .set("request.timeout.ms", publish_timeout.clamp(1, 30_000).to_string());
+    for (k, v) in config.kafka.normalized_properties() {
+        cc.set(k, v);
+    }
+    for (k, v) in ENFORCED {
+        if cc.get(k).is_some_and(|set| set != *v) {
+            tracing::warn!(
+                property = k,
+                enforced = v,
+                "overriding kafka property: pcbridge needs it for at-least-once delivery"
+            );
+        }
+        cc.set(*k, *v);
+    }
+    cc
+}
+
 /// Settings shared by every client pcbridge makes (producer, admin, consumer).
 pub fn base_client_config(config: &Config, client_name: &str) -> ClientConfig {
     let mut cc = ClientConfig::new();
@@ -299,5 +310,47 @@ impl Publisher for Kafka {
             Ok(Err(e)) => tracing::warn!(error = %e, "kafka producer flush incomplete"),
             Err(e) => tracing::warn!(error = %e, "kafka producer flush task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// librdkafka validates `security.protocol` and `sasl.mechanism` when the client is
+    /// created, and refuses values its build does not support: creating these clients
+    /// proves the binary can talk to Event Hubs, Confluent Cloud or MSK.
+    #[tokio::test]
+    async fn build_supports_tls_and_sasl() {
+        for (protocol, mechanism) in [
+            ("SSL", None),
+            ("SASL_SSL", Some("PLAIN")),
+            ("SASL_SSL", Some("SCRAM-SHA-512")),
+            ("SASL_PLAINTEXT", Some("PLAIN")),
+        ] {
+            let mut config = Config::default();
+            config.kafka.bootstrap_servers = "127.0.0.1:1".into();
+            config.kafka.properties.insert("security.protocol".into(), protocol.into());
+            if let Some(m) = mechanism {
+                config.kafka.properties.insert("sasl.mechanism".into(), m.into());
+                config.kafka.properties.insert("sasl.username".into(), "$ConnectionString".into());
+                config.kafka.properties.insert("sasl_password".into(), "secret".into());
+            }
+            let made = Kafka::connect(&config, "test", Arc::new(Metrics::new()));
+            assert!(made.is_ok(), "{protocol} {mechanism:?}: {:?}", made.err());
+        }
+    }
+
+    #[test]
+    fn delivery_guarantee_cannot_be_configured_away() {
+        let mut config = Config::default();
+        config.kafka.properties.insert("acks".into(), "1".into());
+        config.kafka.properties.insert("enable.idempotence".into(), "false".into());
+        config.kafka.properties.insert("linger.ms".into(), "7".into());
+        let cc = producer_config(&config, "test");
+        assert_eq!(cc.get("acks"), Some("all"));
+        assert_eq!(cc.get("enable.idempotence"), Some("true"));
+        assert_eq!(cc.get("linger.ms"), Some("7"), "other properties pass through");
+        assert_eq!(cc.get("message.timeout.ms"), Some("5000"), "librdkafka gives up when the ingress does");
     }
 }

@@ -205,7 +205,9 @@ fn amqp_uri(rmq: &RabbitMqConfig, config: &Config) -> Result<AMQPUri, SetupError
     let mut uri: AMQPUri = rmq.url.parse().map_err(|e| {
         SetupError(format!("config key `rabbitmq.url`: {:?} is not an AMQP URL: {e}", redact_url(&rmq.url)))
     })?;
-    if uri.authority.userinfo.password.is_empty() || rmq.username != "guest" || !rmq.password.is_empty() {
+    // Credentials written in the URL (only possible from the environment: config.toml
+    // refuses them) win; otherwise `username` and the password from env or file.
+    if redact_url(&rmq.url) == rmq.url {
         uri.authority.userinfo.username = rmq.username.clone();
         uri.authority.userinfo.password = config.rabbitmq_password().map_err(|e| SetupError(e.0))?.expose().to_string();
     }
@@ -324,5 +326,32 @@ impl Publisher for RabbitMq {
             let _ = tokio::time::timeout(deadline, link.channel.wait_for_confirms()).await;
             let _ = link.connection.close(200, "shutting down".into()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::uri::AMQPScheme;
+
+    #[test]
+    fn urls_take_credentials_from_config_and_accept_amqps() {
+        let mut config = Config::default();
+        config.rabbitmq.url = "amqps://rabbit.example.com:5671/prod".into();
+        config.rabbitmq.username = "pcbridge".into();
+        config.rabbitmq.password = crate::config::Secret::new("s3cret");
+        let uri = amqp_uri(&config.rabbitmq, &config).expect("uri");
+        assert_eq!(uri.scheme, AMQPScheme::AMQPS);
+        assert_eq!((uri.authority.host.as_str(), uri.authority.port), ("rabbit.example.com", 5671));
+        assert_eq!(uri.vhost, "prod");
+        assert_eq!(uri.authority.userinfo.username, "pcbridge");
+        assert_eq!(uri.authority.userinfo.password, "s3cret");
+        assert_eq!(uri.query.connection_timeout, Some(5_000));
+        config.rabbitmq.url = "amqp://other:pw@127.0.0.1:5672/%2f".into();
+        let uri = amqp_uri(&config.rabbitmq, &config).expect("uri");
+        assert_eq!(
+            (uri.authority.userinfo.username.as_str(), uri.authority.userinfo.password.as_str()),
+            ("other", "pw")
+        );
     }
 }
