@@ -9,10 +9,10 @@
 //!
 //! This module imports nothing else of the crate.
 
-use figment::{
-    Figment,
-    providers::{Env, Format, Serialized, Toml},
-};
+mod load;
+#[cfg(test)]
+mod tests;
+
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duration};
 
@@ -334,44 +334,7 @@ impl ShutdownConfig {
     }
 }
 
-/// Keys that hold secrets and so must never be read from `config.toml`.
-const SECRET_KAFKA_PROPERTIES: &[&str] =
-    &["sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret", "ssl.keystore.password"];
-
 impl Config {
-    /// Loads defaults ← `path` (when it exists; a missing file is an error only when
-    /// `required`) ← `PCBRIDGE_*` environment, then validates.
-    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
-        Self::load_with_env(path, required, Env::prefixed("PCBRIDGE_"))
-    }
-
-    fn load_with_env(path: &Path, required: bool, env: Env) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if path.exists() {
-            let file = Toml::file_exact(path);
-            let from_file = Figment::from(Toml::file_exact(path));
-            refuse_secrets_in_file(&from_file, path)?;
-            figment = figment.merge(file);
-        } else if required {
-            return Err(ConfigError(format!(
-                "configuration file {} does not exist (pass --config FILE, or run from the directory holding config.toml)",
-                path.display()
-            )));
-        }
-        let env = env
-            .map(|key| {
-                if key.as_str().eq_ignore_ascii_case("log_format") {
-                    "log.format".into()
-                } else {
-                    key.as_str().replace("__", ".").into()
-                }
-            })
-            .lowercase(true);
-        let config: Config = figment.merge(env).extract().map_err(describe_figment_error)?;
-        config.validate()?;
-        Ok(config)
-    }
-
     /// Checks what types cannot: ranges, URL shapes, files that must exist.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: String| Err(ConfigError(format!("config key `{key}`: {why}")));
@@ -490,169 +453,5 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_string(),
-    }
-}
-
-fn refuse_secrets_in_file(file: &Figment, path: &Path) -> Result<(), ConfigError> {
-    let refuse = |key: &str, env: &str| {
-        Err(ConfigError(format!(
-            "{} sets `{key}`, a secret: remove it and set the environment variable {env} (or a *_file key) instead",
-            path.display()
-        )))
-    };
-    if file.find_value("rabbitmq.password").is_ok() {
-        return refuse("rabbitmq.password", "PCBRIDGE_RABBITMQ__PASSWORD");
-    }
-    if let Ok(url) = file.extract_inner::<String>("rabbitmq.url")
-        && redact_url(&url) != url
-    {
-        return refuse("rabbitmq.url (a password in the URL)", "PCBRIDGE_RABBITMQ__PASSWORD");
-    }
-    if let Ok(props) = file.extract_inner::<BTreeMap<String, toml_value::Any>>("kafka.properties") {
-        for key in props.keys() {
-            let normalized = key.replace('_', ".");
-            if SECRET_KAFKA_PROPERTIES.contains(&normalized.as_str()) {
-                let env = format!("PCBRIDGE_KAFKA__PROPERTIES__{}", normalized.replace('.', "_").to_uppercase());
-                return refuse(&format!("kafka.properties.{key}"), &env);
-            }
-        }
-    }
-    Ok(())
-}
-
-mod toml_value {
-    /// Accepts any value: only the keys of a table are looked at.
-    #[derive(serde::Deserialize)]
-    pub struct Any(#[allow(dead_code)] serde::de::IgnoredAny);
-}
-
-fn describe_figment_error(error: figment::Error) -> ConfigError {
-    let mut lines = Vec::new();
-    for e in error {
-        let key = if e.path.is_empty() { "(top level)".to_string() } else { e.path.join(".") };
-        let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_else(|| "defaults".into());
-        let env_hint = format!("PCBRIDGE_{}", e.path.iter().map(|p| p.to_uppercase()).collect::<Vec<_>>().join("__"));
-        lines.push(format!("config key `{key}` (from {source}; env {env_hint}): {}", e.kind));
-    }
-    ConfigError(lines.join("\n"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn file(text: &str) -> tempfile_lite::TempFile {
-        tempfile_lite::TempFile::with(text)
-    }
-
-    mod tempfile_lite {
-        /// A file in the temp dir, removed on drop (keeps tests free of a tempfile dependency).
-        pub struct TempFile(pub std::path::PathBuf);
-        impl TempFile {
-            pub fn with(text: &str) -> Self {
-                let path = std::env::temp_dir().join(format!("pcbridge-config-{}.toml", uuid::Uuid::new_v4()));
-                std::fs::write(&path, text).map(|_| Self(path)).unwrap_or_else(|e| panic!("temp file: {e}"))
-            }
-        }
-        impl Drop for TempFile {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
-    }
-
-    fn env(vars: &[(&str, &str)]) -> Env {
-        // Figment's Env reads the process environment; tests run in parallel, so each test
-        // uses its own prefix and only its own variables.
-        let prefix = format!("PCBT{}_", uuid::Uuid::new_v4().simple().to_string()[..8].to_uppercase());
-        for (k, v) in vars {
-            // SAFETY: each test writes only variables under its own unique prefix.
-            unsafe { std::env::set_var(format!("{prefix}{k}"), v) };
-        }
-        Env::prefixed(&prefix)
-    }
-
-    #[test]
-    fn defaults_are_valid() {
-        Config::default().validate().unwrap();
-    }
-
-    #[test]
-    fn file_then_env_override() {
-        let f = file("[broker]\nkind = \"rabbitmq\"\nprefix = \"pc.\"\n[ingress]\nmax_body_bytes = 10\n");
-        let c =
-            Config::load_with_env(&f.0, true, env(&[("BROKER__PREFIX", "other."), ("LOG_FORMAT", "json")])).unwrap();
-        assert_eq!(c.broker.kind, BrokerKind::Rabbitmq);
-        assert_eq!(c.broker.prefix, "other.");
-        assert_eq!(c.ingress.max_body_bytes, 10);
-        assert_eq!(c.log.format, LogFormat::Json);
-    }
-
-    #[test]
-    fn bad_key_is_named() {
-        let f = file("[ingress]\nlisten = \"not an address\"\n");
-        let err = Config::load_with_env(&f.0, true, env(&[])).unwrap_err().to_string();
-        assert!(err.contains("ingress.listen"), "{err}");
-        let f = file("[ingress]\nlisen = \"0.0.0.0:1\"\n");
-        let err = Config::load_with_env(&f.0, true, env(&[])).unwrap_err().to_string();
-        assert!(err.contains("lisen"), "{err}");
-        let err = Config::load_with_env(Path::new("/nonexistent.toml"), false, env(&[("BROKER__KIND", "nats")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("broker.kind"), "{err}");
-    }
-
-    #[test]
-    fn validation_names_the_key() {
-        let mut c = Config::default();
-        c.broker.prefix = "bad prefix/".into();
-        assert!(c.validate().unwrap_err().to_string().contains("broker.prefix"));
-        let mut c = Config::default();
-        c.signature.trusted_certificate_url_prefixes = vec!["ftp://x/".into()];
-        assert!(c.validate().unwrap_err().to_string().contains("trusted_certificate_url_prefixes"));
-    }
-
-    #[test]
-    fn secrets_are_refused_in_the_file_but_taken_from_env() {
-        let f = file("[rabbitmq]\npassword = \"hunter2\"\n");
-        let err = Config::load_with_env(&f.0, true, env(&[])).unwrap_err().to_string();
-        assert!(err.contains("PCBRIDGE_RABBITMQ__PASSWORD") && !err.contains("hunter2"), "{err}");
-        let f = file("[kafka.properties]\n\"sasl.password\" = \"x\"\n");
-        let err = Config::load_with_env(&f.0, true, env(&[])).unwrap_err().to_string();
-        assert!(err.contains("PCBRIDGE_KAFKA__PROPERTIES__SASL_PASSWORD"), "{err}");
-        let f = file("[rabbitmq]\nurl = \"amqp://u:p@h/%2f\"\n");
-        assert!(Config::load_with_env(&f.0, true, env(&[])).is_err());
-
-        let f = file("[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n");
-        let c = Config::load_with_env(
-            &f.0,
-            true,
-            env(&[("KAFKA__PROPERTIES__SASL_PASSWORD", "s3cret"), ("RABBITMQ__PASSWORD", "pw")]),
-        )
-        .unwrap();
-        let props = c.kafka.normalized_properties();
-        assert_eq!(props.get("sasl.password").map(String::as_str), Some("s3cret"));
-        assert_eq!(props.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
-        assert_eq!(c.rabbitmq_password().unwrap().expose(), "pw");
-        assert!(!format!("{c:?}").contains("\"pw\""));
-    }
-
-    #[test]
-    fn password_file_is_read() {
-        let mut pw = std::env::temp_dir();
-        pw.push(format!("pcbridge-pw-{}", uuid::Uuid::new_v4()));
-        std::fs::File::create(&pw).and_then(|mut f| f.write_all(b"from-file\n")).unwrap();
-        let mut c = Config::default();
-        c.rabbitmq.password_file = pw.display().to_string();
-        c.validate().unwrap();
-        assert_eq!(c.rabbitmq_password().unwrap().expose(), "from-file");
-        let _ = std::fs::remove_file(pw);
-    }
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(redact_url("amqp://u:p@h:5672/%2f"), "amqp://u:***@h:5672/%2f");
-        assert_eq!(redact_url("amqp://h:5672/%2f"), "amqp://h:5672/%2f");
     }
 }

@@ -1,0 +1,91 @@
+//! Loading: built-in defaults ← the file ← `PCBRIDGE_*`, refusing secrets in the file,
+//! and figment's errors rewritten to name the key, its source and its variable.
+
+use super::{Config, ConfigError, redact_url};
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use std::{collections::BTreeMap, path::Path};
+
+const SECRET_KAFKA_PROPERTIES: &[&str] =
+    &["sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret", "ssl.keystore.password"];
+
+impl Config {
+    /// Loads defaults ← `path` (when it exists; a missing file is an error only when
+    /// `required`) ← `PCBRIDGE_*` environment, then validates.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, required, Env::prefixed("PCBRIDGE_"))
+    }
+
+    pub(super) fn load_with_env(path: &Path, required: bool, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if path.exists() {
+            let file = Toml::file_exact(path);
+            let from_file = Figment::from(Toml::file_exact(path));
+            refuse_secrets_in_file(&from_file, path)?;
+            figment = figment.merge(file);
+        } else if required {
+            return Err(ConfigError(format!(
+                "configuration file {} does not exist (pass --config FILE, or run from the directory holding config.toml)",
+                path.display()
+            )));
+        }
+        let env = env
+            .map(|key| {
+                if key.as_str().eq_ignore_ascii_case("log_format") {
+                    "log.format".into()
+                } else {
+                    key.as_str().replace("__", ".").into()
+                }
+            })
+            .lowercase(true);
+        let config: Config = figment.merge(env).extract().map_err(describe_figment_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn refuse_secrets_in_file(file: &Figment, path: &Path) -> Result<(), ConfigError> {
+    let refuse = |key: &str, env: &str| {
+        Err(ConfigError(format!(
+            "{} sets `{key}`, a secret: remove it and set the environment variable {env} (or a *_file key) instead",
+            path.display()
+        )))
+    };
+    if file.find_value("rabbitmq.password").is_ok() {
+        return refuse("rabbitmq.password", "PCBRIDGE_RABBITMQ__PASSWORD");
+    }
+    if let Ok(url) = file.extract_inner::<String>("rabbitmq.url")
+        && redact_url(&url) != url
+    {
+        return refuse("rabbitmq.url (a password in the URL)", "PCBRIDGE_RABBITMQ__PASSWORD");
+    }
+    if let Ok(props) = file.extract_inner::<BTreeMap<String, toml_value::Any>>("kafka.properties") {
+        for key in props.keys() {
+            let normalized = key.replace('_', ".");
+            if SECRET_KAFKA_PROPERTIES.contains(&normalized.as_str()) {
+                let env = format!("PCBRIDGE_KAFKA__PROPERTIES__{}", normalized.replace('.', "_").to_uppercase());
+                return refuse(&format!("kafka.properties.{key}"), &env);
+            }
+        }
+    }
+    Ok(())
+}
+
+mod toml_value {
+    /// Accepts any value: only the keys of a table are looked at.
+    #[derive(serde::Deserialize)]
+    pub struct Any(#[allow(dead_code)] serde::de::IgnoredAny);
+}
+
+fn describe_figment_error(error: figment::Error) -> ConfigError {
+    let mut lines = Vec::new();
+    for e in error {
+        let key = if e.path.is_empty() { "(top level)".to_string() } else { e.path.join(".") };
+        let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_else(|| "defaults".into());
+        let env_hint = format!("PCBRIDGE_{}", e.path.iter().map(|p| p.to_uppercase()).collect::<Vec<_>>().join("__"));
+        lines.push(format!("config key `{key}` (from {source}; env {env_hint}): {}", e.kind));
+    }
+    ConfigError(lines.join("\n"))
+}
