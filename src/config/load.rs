@@ -1,15 +1,12 @@
 //! Loading: built-in defaults ← the file ← `PCBRIDGE_*`, refusing secrets in the file,
 //! and figment's errors rewritten to name the key, its source and its variable.
 
-use super::{Config, ConfigError, redact_url};
+use super::{Config, ConfigError, SECRET_KAFKA_PROPERTIES, redact_url};
 use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
 };
 use std::{collections::BTreeMap, path::Path};
-
-const SECRET_KAFKA_PROPERTIES: &[&str] =
-    &["sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret", "ssl.keystore.password"];
 
 impl Config {
     /// Loads defaults ← `path` (when it exists; a missing file is an error only when

@@ -236,7 +236,7 @@ impl Default for BrokerConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `host:port[,host:port…]`.
@@ -262,6 +262,30 @@ impl Default for KafkaConfig {
             replication_factor: 3,
             properties: BTreeMap::new(),
         }
+    }
+}
+
+/// librdkafka properties that hold secrets: refused in config.toml, redacted in `Debug`.
+pub const SECRET_KAFKA_PROPERTIES: &[&str] =
+    &["sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret", "ssl.keystore.password"];
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let secret = SECRET_KAFKA_PROPERTIES.contains(&k.replace('_', ".").as_str());
+                (k.as_str(), if secret { "***" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("create_topics", &self.create_topics)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("properties", &properties)
+            .finish()
     }
 }
 

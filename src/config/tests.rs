@@ -97,6 +97,7 @@ fn secrets_are_refused_in_the_file_but_taken_from_env() {
     assert_eq!(props.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
     assert_eq!(c.rabbitmq_password().unwrap().expose(), "pw");
     assert!(!format!("{c:?}").contains("\"pw\""));
+    assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
 }
 
 #[test]
