@@ -119,6 +119,9 @@ async fn unknown_event_names(kind: BrokerKind) {
     assert_eq!(unrecognized.len(), 3);
     // The header keeps the real name even when the destination cannot.
     assert!(unrecognized.iter().any(|m| m.headers["pc-event-name"] == "has spaces/and slashes"));
+    let metrics = app.metrics_text().await;
+    assert!(metrics.contains("pcbridge_ingress_events_total{event_name=\"unrecognized\"} 3"), "{metrics}");
+    assert!(!metrics.contains("xxxxxxxxxx"), "unsafe names never become metric labels");
     let config = app.config.clone();
     app.stop().await.expect("clean stop");
     bus.cleanup(&config, &[d.raw(future)]).await;

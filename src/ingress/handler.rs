@@ -68,7 +68,7 @@ pub async fn receive(State(state): State<Arc<IngressState>>, headers: HeaderMap,
     }
 }
 
-/// Returns `(event id, destination, event name)` of the published event.
+/// Returns `(event id, destination, event name or `unrecognized`)` of the published event.
 async fn accept(state: &IngressState, headers: &HeaderMap, body: Body) -> Result<(String, String, String), Rejection> {
     if state.shutdown.is_cancelled() {
         return Err(Rejection::ShuttingDown);
@@ -107,7 +107,9 @@ async fn accept(state: &IngressState, headers: &HeaderMap, body: Body) -> Result
         &state.source,
     );
     match tokio::time::timeout(state.publish_timeout, state.publisher.publish(&msg)).await {
-        Ok(Ok(())) => Ok((msg.id, msg.destination, event.name)),
+        // The metric label is the destination's stem, so an unsafe name cannot become
+        // an unbounded label value.
+        Ok(Ok(())) => Ok((msg.id, msg.destination, state.destinations.stem(&event.name).to_string())),
         Ok(Err(e)) => Err(Rejection::Broker(e)),
         Err(_) => Err(Rejection::Broker(crate::broker::PublishError::Timeout(state.publish_timeout))),
     }
