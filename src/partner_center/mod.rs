@@ -4,6 +4,7 @@
 
 pub mod certificate;
 pub mod event;
+pub mod resource;
 pub mod signature;
 
 /// Makes *ring* the process-wide rustls crypto provider (reqwest is built without a
