@@ -147,7 +147,7 @@ impl CertificateStore {
                 return Ok((key.clone(), CacheUse::Hit));
             }
         }
-        Ok((self.load(url).await?, CacheUse::Miss))
+        Ok((self.load(url, None).await?, CacheUse::Miss))
     }
 
     /// Whether `key` is old enough to be fetched again after a failed signature.
@@ -155,15 +155,27 @@ impl CertificateStore {
         key.fetched_at.elapsed() >= self.inner.refetch_min_interval
     }
 
-    /// Downloads and validates the certificate again, replacing the cached one.
-    pub async fn refetch(&self, url: &str) -> Result<Arc<TrustedKey>, VerifyError> {
-        self.load(url).await
+    /// Downloads and validates the certificate again, replacing `stale` in the cache
+    /// (unless another request already did: then that newer key is returned).
+    pub async fn refetch(&self, url: &str, stale: &Arc<TrustedKey>) -> Result<Arc<TrustedKey>, VerifyError> {
+        self.load(url, Some(stale)).await
     }
 
-    async fn load(&self, url: &str) -> Result<Arc<TrustedKey>, VerifyError> {
+    /// The key for `url` from a download — one shared by every concurrent caller. A
+    /// cached key other than `stale` is returned as it is: the download task caches its
+    /// key *before* it leaves `loading`, so checking the cache under the `loading` lock
+    /// closes the window in which a late caller would start a second download.
+    async fn load(&self, url: &str, stale: Option<&Arc<TrustedKey>>) -> Result<Arc<TrustedKey>, VerifyError> {
         let parsed = self.inner.check_trusted(url)?;
         let loading = {
             let mut loading = self.inner.loading.lock().unwrap_or_else(|p| p.into_inner());
+            let cached = self.inner.cache.read().unwrap_or_else(|p| p.into_inner()).get(url).cloned();
+            if let Some(key) = cached
+                && Instant::now() < key.valid_until
+                && stale.is_none_or(|s| !Arc::ptr_eq(s, &key))
+            {
+                return Ok(key);
+            }
             if let Some(l) = loading.get(url) {
                 l.clone()
             } else {

@@ -168,7 +168,7 @@ impl Verifier {
             return Ok(Verified { cache });
         }
         if cache == CacheUse::Hit && self.certificates.may_refetch(&key) {
-            let fresh = self.certificates.refetch(&headers.certificate_url).await?;
+            let fresh = self.certificates.refetch(&headers.certificate_url, &key).await?;
             if fresh.verify(body, &headers.signature) {
                 return Ok(Verified { cache: CacheUse::Refetch });
             }
