@@ -50,8 +50,14 @@ fn refuse_secrets_in_file(file: &Figment, path: &Path) -> Result<(), ConfigError
             path.display()
         )))
     };
-    if file.find_value("rabbitmq.password").is_ok() {
-        return refuse("rabbitmq.password", "PCBRIDGE_RABBITMQ__PASSWORD");
+    for (key, env) in [
+        ("rabbitmq.password", "PCBRIDGE_RABBITMQ__PASSWORD"),
+        ("partner_center.client_secret", "PCBRIDGE_PARTNER_CENTER__CLIENT_SECRET"),
+        ("partner_center.refresh_token", "PCBRIDGE_PARTNER_CENTER__REFRESH_TOKEN"),
+    ] {
+        if file.find_value(key).is_ok() {
+            return refuse(key, env);
+        }
     }
     if let Ok(url) = file.extract_inner::<String>("rabbitmq.url")
         && redact_url(&url) != url

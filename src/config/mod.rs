@@ -10,6 +10,8 @@
 //! This module imports nothing else of the crate.
 
 mod load;
+mod worker;
+pub use worker::{PartnerCenterConfig, WorkerConfig};
 #[cfg(test)]
 mod tests;
 
@@ -57,6 +59,7 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub kafka: KafkaConfig,
     pub rabbitmq: RabbitMqConfig,
+    pub worker: WorkerConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -187,20 +190,6 @@ impl Default for SignatureConfig {
             cache_ttl_secs: 24 * 3600,
             refetch_min_interval_secs: 60,
         }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PartnerCenterConfig {
-    /// The Partner Center API base URL (21Vianet: https://partner.partnercenterapi.microsoftonline.cn).
-    /// Also the CloudEvents `source` of every message.
-    pub base_url: String,
-}
-
-impl Default for PartnerCenterConfig {
-    fn default() -> Self {
-        Self { base_url: "https://api.partnercenter.microsoft.com".into() }
     }
 }
 
@@ -410,6 +399,8 @@ impl Config {
             ("signature.extra_trust_anchors_file", &self.signature.extra_trust_anchors_file),
             ("signature.intermediates_file", &self.signature.intermediates_file),
             ("rabbitmq.password_file", &self.rabbitmq.password_file),
+            ("partner_center.client_secret_file", &self.partner_center.client_secret_file),
+            ("partner_center.refresh_token_file", &self.partner_center.refresh_token_file),
         ] {
             if !file.is_empty() && !Path::new(file).is_file() {
                 return bad(key, format!("file {file:?} does not exist"));
@@ -425,6 +416,29 @@ impl Config {
             || self.partner_center.base_url.starts_with("http://"))
         {
             return bad("partner_center.base_url", format!("{:?} is not an http(s) URL", self.partner_center.base_url));
+        }
+        for (key, url) in [
+            ("partner_center.graph_base_url", &self.partner_center.graph_base_url),
+            ("partner_center.token_base_url", &self.partner_center.token_base_url),
+        ] {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return bad(key, format!("{url:?} is not an http(s) URL"));
+            }
+        }
+        if self.partner_center.fraud_page_size == 0 || self.partner_center.fraud_max_pages == 0 {
+            return bad("partner_center.fraud_page_size", "and fraud_max_pages must be greater than 0".into());
+        }
+        if self.worker.concurrency == 0 || self.worker.concurrency > 4096 {
+            return bad("worker.concurrency", "must be between 1 and 4096".into());
+        }
+        if self.worker.max_attempts == 0 {
+            return bad("worker.max_attempts", "must be at least 1".into());
+        }
+        if self.worker.retry_min_delay_ms == 0 || self.worker.retry_max_delay_ms < self.worker.retry_min_delay_ms {
+            return bad("worker.retry_max_delay_ms", "must be at least worker.retry_min_delay_ms (> 0)".into());
+        }
+        if self.worker.prefetch == 0 {
+            return bad("worker.prefetch", "must be greater than 0".into());
         }
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return bad("kafka.bootstrap_servers", "is empty".into());
@@ -450,20 +464,34 @@ impl Config {
     /// The RabbitMQ password: the environment, else `password_file`, else RabbitMQ's
     /// default `guest` (which RabbitMQ accepts only over loopback).
     pub fn rabbitmq_password(&self) -> Result<Secret, ConfigError> {
-        if !self.rabbitmq.password.is_empty() {
-            return Ok(self.rabbitmq.password.clone());
-        }
-        if !self.rabbitmq.password_file.is_empty() {
-            let text = std::fs::read_to_string(&self.rabbitmq.password_file).map_err(|e| {
-                ConfigError(format!(
-                    "config key `rabbitmq.password_file`: cannot read {:?}: {e}",
-                    self.rabbitmq.password_file
-                ))
-            })?;
-            return Ok(Secret::new(text.trim_end_matches(['\r', '\n'])));
-        }
-        Ok(Secret::new("guest"))
+        let r = &self.rabbitmq;
+        Ok(read_secret(&r.password, &r.password_file, "rabbitmq.password_file")?.unwrap_or_else(|| Secret::new("guest")))
     }
+
+    /// The Entra ID client secret, if configured (environment, else file).
+    pub fn client_secret(&self) -> Result<Option<Secret>, ConfigError> {
+        let pc = &self.partner_center;
+        read_secret(&pc.client_secret, &pc.client_secret_file, "partner_center.client_secret_file")
+    }
+
+    /// The App+User refresh token, if configured (environment, else file).
+    pub fn refresh_token(&self) -> Result<Option<Secret>, ConfigError> {
+        let pc = &self.partner_center;
+        read_secret(&pc.refresh_token, &pc.refresh_token_file, "partner_center.refresh_token_file")
+    }
+}
+
+/// A secret from the environment (already in `value`), else from `file`.
+fn read_secret(value: &Secret, file: &str, key: &str) -> Result<Option<Secret>, ConfigError> {
+    if !value.is_empty() {
+        return Ok(Some(value.clone()));
+    }
+    if file.is_empty() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ConfigError(format!("config key `{key}`: cannot read {file:?}: {e}")))?;
+    Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))))
 }
 
 /// Replaces the password of a URL's userinfo with `***`, for messages and logs.
