@@ -64,6 +64,29 @@ pub struct Metrics {
     pub certificate_fetches: IntCounterVec,
     /// 1 while the role's broker connection is usable, by `broker`.
     pub broker_ready: IntGaugeVec,
+    /// API request latency by `api` (partner_center, graph, fraud_events) and `status`.
+    pub api_request_duration: HistogramVec,
+    /// Entra ID token requests by `grant` and `result`.
+    pub token_requests: IntCounterVec,
+    /// Events finished by the worker, by `event_name` and `outcome` (see [`worker_outcome`]).
+    pub worker_events: IntCounterVec,
+    /// API call retries by `api`.
+    pub worker_retries: IntCounterVec,
+    /// Dead letters published, by `error_kind`.
+    pub dead_letters: IntCounterVec,
+    /// Events being processed by the worker right now.
+    pub worker_in_flight: IntGauge,
+    /// Kafka consumer lag (high watermark − position) by `topic` and `partition`.
+    pub consumer_lag: IntGaugeVec,
+}
+
+/// Outcomes of one event in the worker, the `outcome` label of `pcbridge_worker_events_total`.
+pub mod worker_outcome {
+    pub const ENRICHED: &str = "enriched";
+    pub const NOT_APPLICABLE: &str = "not_applicable";
+    pub const RESOURCE_GONE: &str = "resource_gone";
+    pub const DEAD_LETTERED: &str = "dead_lettered";
+    pub const DUPLICATE: &str = "duplicate";
 }
 
 impl Metrics {
@@ -109,8 +132,45 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         registry.register(Box::new(broker_ready.clone())).unwrap_or_else(|e| panic!("{e}"));
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help)
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
+            let h = HistogramVec::new(opts, labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry.register(Box::new(h.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            h
+        };
+        let api_request_duration = histogram(
+            "pcbridge_api_request_duration_seconds",
+            "Partner Center / Graph / fraud events API request latency by api and status.",
+            &["api", "status"],
+        );
+        let token_requests =
+            counter("pcbridge_token_requests_total", "Entra ID token requests by grant and result.", &["grant", "result"]);
+        let worker_events = counter(
+            "pcbridge_worker_events_total",
+            "Events finished by the worker, by event name and outcome.",
+            &["event_name", "outcome"],
+        );
+        let worker_retries = counter("pcbridge_worker_retries_total", "API call retries by api.", &["api"]);
+        let dead_letters = counter("pcbridge_dead_letters_total", "Dead letters published by error kind.", &["error_kind"]);
+        let worker_in_flight = IntGauge::new("pcbridge_worker_in_flight_events", "Events being processed by the worker.")
+            .unwrap_or_else(|e| panic!("{e}"));
+        registry.register(Box::new(worker_in_flight.clone())).unwrap_or_else(|e| panic!("{e}"));
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new("pcbridge_consumer_lag", "Kafka consumer lag in messages, by topic and partition."),
+            &["topic", "partition"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        registry.register(Box::new(consumer_lag.clone())).unwrap_or_else(|e| panic!("{e}"));
         Self {
             registry,
+            api_request_duration,
+            token_requests,
+            worker_events,
+            worker_retries,
+            dead_letters,
+            worker_in_flight,
+            consumer_lag,
             ingress_requests,
             ingress_events,
             verification_failures,

@@ -3,9 +3,11 @@
 //! signing-certificate store behind it ([`certificate`]).
 
 pub mod certificate;
+pub mod client;
 pub mod event;
 pub mod resource;
 pub mod signature;
+pub mod token;
 
 /// Makes *ring* the process-wide rustls crypto provider (reqwest is built without a
 /// default one, to avoid a second crypto library). Idempotent.
