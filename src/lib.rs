@@ -24,3 +24,4 @@ pub mod ingress;
 pub mod partner_center;
 pub mod shutdown;
 pub mod telemetry;
+pub mod worker;

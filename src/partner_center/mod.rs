@@ -5,6 +5,7 @@
 pub mod certificate;
 pub mod client;
 pub mod event;
+pub mod fraud;
 pub mod resource;
 pub mod signature;
 pub mod token;
