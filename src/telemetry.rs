@@ -144,17 +144,22 @@ impl Metrics {
             "Partner Center / Graph / fraud events API request latency by api and status.",
             &["api", "status"],
         );
-        let token_requests =
-            counter("pcbridge_token_requests_total", "Entra ID token requests by grant and result.", &["grant", "result"]);
+        let token_requests = counter(
+            "pcbridge_token_requests_total",
+            "Entra ID token requests by grant and result.",
+            &["grant", "result"],
+        );
         let worker_events = counter(
             "pcbridge_worker_events_total",
             "Events finished by the worker, by event name and outcome.",
             &["event_name", "outcome"],
         );
         let worker_retries = counter("pcbridge_worker_retries_total", "API call retries by api.", &["api"]);
-        let dead_letters = counter("pcbridge_dead_letters_total", "Dead letters published by error kind.", &["error_kind"]);
-        let worker_in_flight = IntGauge::new("pcbridge_worker_in_flight_events", "Events being processed by the worker.")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let dead_letters =
+            counter("pcbridge_dead_letters_total", "Dead letters published by error kind.", &["error_kind"]);
+        let worker_in_flight =
+            IntGauge::new("pcbridge_worker_in_flight_events", "Events being processed by the worker.")
+                .unwrap_or_else(|e| panic!("{e}"));
         registry.register(Box::new(worker_in_flight.clone())).unwrap_or_else(|e| panic!("{e}"));
         let consumer_lag = IntGaugeVec::new(
             Opts::new("pcbridge_consumer_lag", "Kafka consumer lag in messages, by topic and partition."),

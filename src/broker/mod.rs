@@ -7,7 +7,10 @@
 //! 2xx only after `publish` returned `Ok`.
 
 pub mod kafka;
+pub mod kafka_consumer;
+pub mod offsets;
 pub mod rabbitmq;
+pub mod rabbitmq_consumer;
 
 use crate::config::{BrokerKind, Config};
 use crate::telemetry::Metrics;
@@ -80,6 +83,92 @@ pub trait Publisher: Send + Sync {
     fn is_ready(&self) -> bool;
     /// Waits (up to `deadline`) for queued messages to be confirmed, then disconnects.
     async fn close(&self, deadline: Duration);
+}
+
+/// One consumed message.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The destination it was read from.
+    pub destination: String,
+    /// Ordering key: the Kafka key; on RabbitMQ the CloudEvents subject, else the id.
+    pub key: String,
+    /// Application headers (the CloudEvents binding headers are in `cloud_event`).
+    pub headers: Vec<(String, String)>,
+    pub cloud_event: Option<CloudEvent>,
+    pub body: Bytes,
+    /// Hand back to [`Consumer::ack`] once the delivery's output is confirmed.
+    pub ack: AckToken,
+}
+
+impl Delivery {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// What acknowledging a delivery takes; opaque outside the broker module.
+#[derive(Debug)]
+pub struct AckToken(pub(crate) AckInner);
+
+#[derive(Debug)]
+pub(crate) enum AckInner {
+    Kafka { topic: String, partition: i32, offset: i64 },
+    Rabbit(lapin::Acker),
+}
+
+/// A source of deliveries that are acknowledged one by one.
+#[async_trait::async_trait]
+pub trait Consumer: Send + Sync {
+    /// The next delivery; `None` once the consumer is closed.
+    async fn recv(&self) -> Option<Delivery>;
+    /// Marks a delivery done. Call only after its output was confirmed: on Kafka the
+    /// offset is stored (and committed) only when every earlier offset of its partition
+    /// is done too, so a commit never skips unfinished work.
+    async fn ack(&self, token: AckToken);
+    /// Whether the consumer is connected (drives `/readyz`).
+    fn is_ready(&self) -> bool;
+    /// Stops consuming and commits what was acknowledged. Unacknowledged deliveries are
+    /// delivered again (here or to another replica).
+    async fn close(&self);
+}
+
+/// Splits the CloudEvents binding headers (`ce_` / `cloudEvents_`) off the others.
+pub(crate) fn split_cloud_event(
+    headers: Vec<(String, String)>,
+    prefix: &str,
+) -> (Vec<(String, String)>, Option<CloudEvent>) {
+    let mut rest = Vec::with_capacity(headers.len());
+    let (mut id, mut source, mut ty, mut subject, mut time) = (None, None, None, None, None);
+    for (k, v) in headers {
+        match k.strip_prefix(prefix) {
+            Some("id") => id = Some(v),
+            Some("source") => source = Some(v),
+            Some("type") => ty = Some(v),
+            Some("subject") => subject = Some(v),
+            Some("time") => time = Some(v),
+            Some(_) => {}
+            None if k == "content-type" => {}
+            None => rest.push((k, v)),
+        }
+    }
+    let ce = match (id, source, ty) {
+        (Some(id), Some(source), Some(ty)) => Some(CloudEvent { id, source, ty, subject, time }),
+        _ => None,
+    };
+    (rest, ce)
+}
+
+/// Starts consuming `sources` from the configured broker.
+pub async fn consume(
+    config: &Config,
+    sources: Vec<String>,
+    client_name: &str,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<dyn Consumer>, SetupError> {
+    Ok(match config.broker.kind {
+        BrokerKind::Kafka => Arc::new(kafka_consumer::KafkaConsumer::start(config, sources, client_name, metrics)?),
+        BrokerKind::Rabbitmq => rabbitmq_consumer::RabbitConsumer::start(config, sources, client_name).await?,
+    })
 }
 
 /// Connects the configured broker. `client_name` identifies the role in broker tools.

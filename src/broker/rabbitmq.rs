@@ -88,14 +88,7 @@ impl RabbitMq {
         let connection = Connection::connect_uri(self.uri.clone(), props).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        channel
-            .exchange_declare(
-                self.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await?;
+        declare_exchange(&channel, &self.exchange).await?;
         Ok(Link { connection, channel })
     }
 
@@ -124,20 +117,7 @@ impl RabbitMq {
     }
 
     async fn declare(&self, channel: &Channel, name: &str) -> Result<(), lapin::Error> {
-        let mut args = FieldTable::default();
-        if self.queue_type == QueueType::Quorum {
-            args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-        }
-        channel.queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
-        channel
-            .queue_bind(
-                name.into(),
-                self.exchange.as_str().into(),
-                name.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        declare_queue(channel, &self.exchange, self.queue_type, name).await?;
         self.declared.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string());
         Ok(())
     }
@@ -167,6 +147,35 @@ impl RabbitMq {
         self.broken.notify_one();
         PublishError::Unavailable(format!("rabbitmq: {e}"))
     }
+}
+
+/// Declares the durable queue `name`, bound to `exchange` with routing key `name`.
+pub(crate) async fn declare_queue(
+    channel: &Channel,
+    exchange: &str,
+    queue_type: QueueType,
+    name: &str,
+) -> Result<(), lapin::Error> {
+    let mut args = FieldTable::default();
+    if queue_type == QueueType::Quorum {
+        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    }
+    channel.queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
+    channel
+        .queue_bind(name.into(), exchange.into(), name.into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+}
+
+/// Declares the durable topic exchange.
+pub(crate) async fn declare_exchange(channel: &Channel, exchange: &str) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// AMQP message properties: persistent, identified, typed, with the application
@@ -201,7 +210,7 @@ fn properties(m: &Message) -> BasicProperties {
         .with_headers(headers)
 }
 
-fn amqp_uri(rmq: &RabbitMqConfig, config: &Config) -> Result<AMQPUri, SetupError> {
+pub(crate) fn amqp_uri(rmq: &RabbitMqConfig, config: &Config) -> Result<AMQPUri, SetupError> {
     let mut uri: AMQPUri = rmq.url.parse().map_err(|e| {
         SetupError(format!("config key `rabbitmq.url`: {:?} is not an AMQP URL: {e}", redact_url(&rmq.url)))
     })?;

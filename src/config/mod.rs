@@ -465,7 +465,8 @@ impl Config {
     /// default `guest` (which RabbitMQ accepts only over loopback).
     pub fn rabbitmq_password(&self) -> Result<Secret, ConfigError> {
         let r = &self.rabbitmq;
-        Ok(read_secret(&r.password, &r.password_file, "rabbitmq.password_file")?.unwrap_or_else(|| Secret::new("guest")))
+        Ok(read_secret(&r.password, &r.password_file, "rabbitmq.password_file")?
+            .unwrap_or_else(|| Secret::new("guest")))
     }
 
     /// The Entra ID client secret, if configured (environment, else file).

@@ -46,7 +46,10 @@ impl Default for PartnerCenterConfig {
     fn default() -> Self {
         Self {
             base_url: "https://api.partnercenter.microsoft.com".into(),
-            api_hosts: vec!["api.partnercenter.microsoft.com".into(), "partner.partnercenterapi.microsoftonline.cn".into()],
+            api_hosts: vec![
+                "api.partnercenter.microsoft.com".into(),
+                "partner.partnercenterapi.microsoftonline.cn".into(),
+            ],
             scope: "https://api.partnercenter.microsoft.com/.default".into(),
             graph_base_url: "https://graph.microsoft.com".into(),
             graph_scope: "https://graph.microsoft.com/.default".into(),

@@ -142,6 +142,9 @@ mod tests {
 
     #[test]
     fn page_query() {
-        assert_eq!(page_path("a b", 50, 2), "/v1/fraudEvents?SubscriptionId=a+b&EventStatus=Active&PageSize=50&PageNumber=2");
+        assert_eq!(
+            page_path("a b", 50, 2),
+            "/v1/fraudEvents?SubscriptionId=a+b&EventStatus=Active&PageSize=50&PageNumber=2"
+        );
     }
 }

@@ -175,7 +175,10 @@ impl TokenProvider {
             .body(body)
             .send()
             .await
-            .map_err(|e| TokenError { message: format!("{}: {}", self.inner.token_url, e.without_url()), transient: true })?;
+            .map_err(|e| TokenError {
+                message: format!("{}: {}", self.inner.token_url, e.without_url()),
+                transient: true,
+            })?;
         let status = response.status();
         let bytes = response
             .bytes()
@@ -185,7 +188,10 @@ impl TokenProvider {
             // Entra's error body names the problem (AADSTS…) and holds no secret.
             let detail: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
             let transient = status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408;
-            return Err(TokenError { message: format!("{} answered {status}: {detail}", self.inner.token_url), transient });
+            return Err(TokenError {
+                message: format!("{} answered {status}: {detail}", self.inner.token_url),
+                transient,
+            });
         }
         let parsed: TokenResponse = serde_json::from_slice(&bytes)
             .map_err(|e| TokenError { message: format!("unreadable token response: {e}"), transient: true })?;
@@ -200,5 +206,7 @@ impl TokenProvider {
 
 /// `application/x-www-form-urlencoded` encoding.
 fn form_urlencode(pairs: &[(&str, String)]) -> String {
-    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str()))).finish()
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())))
+        .finish()
 }

@@ -131,9 +131,16 @@ impl Enricher {
     }
 
     /// A single-resource target (Partner Center or Graph) with retries.
-    async fn fetch(&self, target: &Target, deadline: Instant, cancel: &CancellationToken) -> Result<(Fetched, u32), Failure> {
+    async fn fetch(
+        &self,
+        target: &Target,
+        deadline: Instant,
+        cancel: &CancellationToken,
+    ) -> Result<(Fetched, u32), Failure> {
         match target {
-            Target::PartnerCenter { path_and_query } => self.get(Api::PartnerCenter, path_and_query, deadline, cancel).await,
+            Target::PartnerCenter { path_and_query } => {
+                self.get(Api::PartnerCenter, path_and_query, deadline, cancel).await
+            }
             Target::Graph { path } => self.get(Api::Graph, path, deadline, cancel).await,
             Target::FraudEvents { subscription_id } => {
                 let (events, n) = self.fraud_events(subscription_id, deadline, cancel).await?;
@@ -143,19 +150,30 @@ impl Enricher {
     }
 
     /// One GET with retries; the MS-RequestId stays the same across them.
-    async fn get(&self, api: Api, path: &str, deadline: Instant, cancel: &CancellationToken) -> Result<(Fetched, u32), Failure> {
+    async fn get(
+        &self,
+        api: Api,
+        path: &str,
+        deadline: Instant,
+        cancel: &CancellationToken,
+    ) -> Result<(Fetched, u32), Failure> {
         let request_id = Uuid::new_v4();
         let retries = &self.metrics.worker_retries;
         let on_retry = |e: &FetchError, wait: Duration| {
             retries.with_label_values(&[api.label()]).inc();
             tracing::info!(api = api.label(), error = %e, wait_ms = wait.as_millis() as u64, "retrying");
         };
-        let (result, attempts) = self.retry.run(deadline, cancel, on_retry, || self.client.get(api, path, request_id)).await;
+        let (result, attempts) =
+            self.retry.run(deadline, cancel, on_retry, || self.client.get(api, path, request_id)).await;
         match result {
             Ok(f) => Ok((f, attempts)),
             Err(GiveUp::Cancelled) => Err(Failure::Cancelled),
-            Err(GiveUp::Permanent(e)) => Err(Failure::DeadLetter { kind: error_kind::PERMANENT, reason: e.message, attempts }),
-            Err(GiveUp::Exhausted(e)) => Err(Failure::DeadLetter { kind: error_kind::EXHAUSTED, reason: e.message, attempts }),
+            Err(GiveUp::Permanent(e)) => {
+                Err(Failure::DeadLetter { kind: error_kind::PERMANENT, reason: e.message, attempts })
+            }
+            Err(GiveUp::Exhausted(e)) => {
+                Err(Failure::DeadLetter { kind: error_kind::EXHAUSTED, reason: e.message, attempts })
+            }
         }
     }
 
@@ -174,8 +192,11 @@ impl Enricher {
             attempts = attempts.max(n);
             let events = match fetched {
                 Fetched::Gone => Vec::new(),
-                Fetched::Found(v) => fraud::parse_page(v)
-                    .map_err(|reason| Failure::DeadLetter { kind: error_kind::PERMANENT, reason, attempts })?,
+                Fetched::Found(v) => fraud::parse_page(v).map_err(|reason| Failure::DeadLetter {
+                    kind: error_kind::PERMANENT,
+                    reason,
+                    attempts,
+                })?,
             };
             let short = events.len() < self.fraud_page_size as usize;
             all.extend(events);
@@ -183,7 +204,11 @@ impl Enricher {
                 return Ok((all, attempts));
             }
         }
-        tracing::warn!(subscription_id, pages = self.fraud_max_pages, "fraud events truncated at partner_center.fraud_max_pages");
+        tracing::warn!(
+            subscription_id,
+            pages = self.fraud_max_pages,
+            "fraud events truncated at partner_center.fraud_max_pages"
+        );
         Ok((all, attempts))
     }
 }

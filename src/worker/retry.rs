@@ -117,9 +117,12 @@ mod tests {
         let calls = AtomicU32::new(0);
         let deadline = Instant::now() + Duration::from_secs(5);
         let (r, attempts) = policy(5)
-            .run(deadline, &CancellationToken::new(), |_, _| {}, || async {
-                if calls.fetch_add(1, Ordering::SeqCst) < 2 { Err(transient(None)) } else { Ok(7) }
-            })
+            .run(
+                deadline,
+                &CancellationToken::new(),
+                |_, _| {},
+                || async { if calls.fetch_add(1, Ordering::SeqCst) < 2 { Err(transient(None)) } else { Ok(7) } },
+            )
             .await;
         assert_eq!((r.ok(), attempts), (Some(7), 3));
     }
@@ -128,11 +131,13 @@ mod tests {
     async fn permanent_is_not_retried_and_attempts_are_bounded() {
         let deadline = Instant::now() + Duration::from_secs(5);
         let permanent = FetchError { class: ErrorClass::Permanent, status: Some(403), message: "no".into() };
-        let (r, attempts) =
-            policy(5).run(deadline, &CancellationToken::new(), |_, _| {}, || async { Err::<(), _>(permanent.clone()) }).await;
+        let (r, attempts) = policy(5)
+            .run(deadline, &CancellationToken::new(), |_, _| {}, || async { Err::<(), _>(permanent.clone()) })
+            .await;
         assert!(matches!(r, Err(GiveUp::Permanent(_))) && attempts == 1);
-        let (r, attempts) =
-            policy(4).run(deadline, &CancellationToken::new(), |_, _| {}, || async { Err::<(), _>(transient(None)) }).await;
+        let (r, attempts) = policy(4)
+            .run(deadline, &CancellationToken::new(), |_, _| {}, || async { Err::<(), _>(transient(None)) })
+            .await;
         assert!(matches!(r, Err(GiveUp::Exhausted(_))) && attempts == 4);
     }
 
@@ -142,16 +147,33 @@ mod tests {
         let mut waits = Vec::new();
         let calls = AtomicU32::new(0);
         let (_, _) = policy(3)
-            .run(deadline, &CancellationToken::new(), |_, d| waits.push(d), || async {
-                if calls.fetch_add(1, Ordering::SeqCst) == 0 { Err(transient(Some(Duration::from_millis(50)))) } else { Ok(()) }
-            })
+            .run(
+                deadline,
+                &CancellationToken::new(),
+                |_, d| waits.push(d),
+                || async {
+                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        Err(transient(Some(Duration::from_millis(50))))
+                    } else {
+                        Ok(())
+                    }
+                },
+            )
             .await;
         assert!(waits[0] >= Duration::from_millis(50), "{waits:?}");
         let soon = Instant::now() + Duration::from_millis(10);
         let (r, attempts) = policy(10)
-            .run(soon, &CancellationToken::new(), |_, _| {}, || async { Err::<(), _>(transient(Some(Duration::from_secs(1)))) })
+            .run(
+                soon,
+                &CancellationToken::new(),
+                |_, _| {},
+                || async { Err::<(), _>(transient(Some(Duration::from_secs(1)))) },
+            )
             .await;
-        assert!(matches!(r, Err(GiveUp::Exhausted(_))) && attempts == 1, "a Retry-After past the budget gives up at once");
+        assert!(
+            matches!(r, Err(GiveUp::Exhausted(_))) && attempts == 1,
+            "a Retry-After past the budget gives up at once"
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,208 @@
+//! RabbitMQ consumption: one channel with a prefetch limit, a consumer per source queue,
+//! manual acknowledgements, and reconnection with backoff. Deliveries not acknowledged
+//! when a channel closes are requeued by RabbitMQ and delivered again.
+
+use super::rabbitmq::{amqp_uri, declare_exchange, declare_queue};
+use super::{AckInner, AckToken, Consumer, Delivery, SetupError, split_cloud_event};
+use crate::config::{Config, QueueType, redact_url};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::Bytes;
+use futures::StreamExt;
+use lapin::{
+    Connection, ConnectionProperties,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
+    types::{AMQPValue, FieldTable},
+    uri::AMQPUri,
+};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+
+struct Settings {
+    uri: AMQPUri,
+    exchange: String,
+    queue_type: QueueType,
+    queues: Vec<String>,
+    prefetch: u16,
+    client_name: String,
+    reconnect_max_delay: Duration,
+}
+
+/// The RabbitMQ side of [`Consumer`].
+pub struct RabbitConsumer {
+    deliveries: Mutex<mpsc::Receiver<Delivery>>,
+    ready: Arc<AtomicBool>,
+    /// Stops the consuming task, which then closes its connection (requeueing what was
+    /// not acknowledged).
+    stop: CancellationToken,
+}
+
+impl RabbitConsumer {
+    /// Connects (a first failure is reported, so a wrong URL shows at start-up), declares
+    /// the source queues, and consumes them until closed, reconnecting as needed.
+    pub async fn start(config: &Config, queues: Vec<String>, client_name: &str) -> Result<Arc<Self>, SetupError> {
+        let settings = Settings {
+            uri: amqp_uri(&config.rabbitmq, config)?,
+            exchange: config.rabbitmq.exchange.clone(),
+            queue_type: config.rabbitmq.queue_type,
+            queues,
+            prefetch: config.worker.prefetch,
+            client_name: client_name.to_string(),
+            reconnect_max_delay: Duration::from_millis(config.rabbitmq.reconnect_max_delay_ms.max(100)),
+        };
+        let first = open(&settings).await.map_err(|e| {
+            SetupError(format!("rabbitmq: cannot consume from {}: {e}", redact_url(&config.rabbitmq.url)))
+        })?;
+        let (tx, rx) = mpsc::channel(usize::from(config.worker.prefetch).max(16));
+        let ready = Arc::new(AtomicBool::new(true));
+        let stop = CancellationToken::new();
+        tokio::spawn(run(settings, first, tx, ready.clone(), stop.clone()));
+        Ok(Arc::new(Self { deliveries: Mutex::new(rx), ready, stop }))
+    }
+}
+
+type Streams = futures::stream::SelectAll<lapin::Consumer>;
+
+async fn open(s: &Settings) -> Result<(Connection, Streams), lapin::Error> {
+    let props = ConnectionProperties::default().with_connection_name(s.client_name.clone().into());
+    let connection = Connection::connect_uri(s.uri.clone(), props).await?;
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
+    declare_exchange(&channel, &s.exchange).await?;
+    let mut streams = futures::stream::SelectAll::new();
+    for queue in &s.queues {
+        declare_queue(&channel, &s.exchange, s.queue_type, queue).await?;
+        let consumer = channel
+            .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        streams.push(consumer);
+    }
+    Ok((connection, streams))
+}
+
+/// Forwards deliveries; on a broken connection, reconnects with jittered backoff.
+async fn run(
+    s: Settings,
+    first: (Connection, Streams),
+    tx: mpsc::Sender<Delivery>,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut link = Some(first);
+    loop {
+        let (connection, mut streams) = match link.take() {
+            Some(l) => l,
+            None => match reconnect(&s, &stop).await {
+                Some(l) => l,
+                None => return,
+            },
+        };
+        ready.store(true, Ordering::Relaxed);
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => {
+                    let _ = connection.close(200, "shutting down".into()).await;
+                    return;
+                }
+                next = streams.next() => next,
+            };
+            match next {
+                Some(Ok(d)) => {
+                    if tx.send(to_delivery(d)).await.is_err() {
+                        let _ = connection.close(200, "shutting down".into()).await;
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "rabbitmq consumer failed; reconnecting");
+                    break;
+                }
+                None => {
+                    tracing::warn!("rabbitmq consumers ended; reconnecting");
+                    break;
+                }
+            }
+        }
+        ready.store(false, Ordering::Relaxed);
+        let _ = connection.close(320, "reconnecting".into()).await;
+    }
+}
+
+async fn reconnect(s: &Settings, stop: &CancellationToken) -> Option<(Connection, Streams)> {
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(s.reconnect_max_delay)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        match open(s).await {
+            Ok(l) => {
+                tracing::info!("rabbitmq consumer reconnected");
+                return Some(l);
+            }
+            Err(e) => tracing::warn!(error = %e, "rabbitmq consumer reconnect failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            () = tokio::time::sleep(delays.next().unwrap_or(s.reconnect_max_delay)) => {}
+        }
+    }
+}
+
+fn to_delivery(d: lapin::message::Delivery) -> Delivery {
+    let p = &d.properties;
+    let mut headers = Vec::new();
+    if let Some(table) = p.headers() {
+        for (k, v) in table.inner() {
+            let text = match v {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                AMQPValue::ShortString(s) => s.to_string(),
+                other => format!("{other:?}"),
+            };
+            headers.push((k.to_string(), text));
+        }
+    }
+    let (headers, cloud_event) = split_cloud_event(headers, "cloudEvents_");
+    let id = p.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
+    let key = cloud_event.as_ref().and_then(|ce| ce.subject.clone()).unwrap_or(id);
+    Delivery {
+        destination: d.routing_key.to_string(),
+        key,
+        headers,
+        cloud_event,
+        body: Bytes::from(d.data),
+        ack: AckToken(AckInner::Rabbit(d.acker)),
+    }
+}
+
+#[async_trait::async_trait]
+impl Consumer for RabbitConsumer {
+    async fn recv(&self) -> Option<Delivery> {
+        self.deliveries.lock().await.recv().await
+    }
+
+    async fn ack(&self, token: AckToken) {
+        let AckToken(AckInner::Rabbit(acker)) = token else { return };
+        if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+            // The channel is gone: RabbitMQ requeues the delivery; its output is already
+            // published, so the redelivery is a duplicate (deduplicated by event id).
+            tracing::warn!(error = %e, "ack failed; the delivery will be redelivered");
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    async fn close(&self) {
+        self.stop.cancel();
+        self.deliveries.lock().await.close();
+    }
+}
