@@ -3,7 +3,7 @@
 
 use crate::config::{Config, LogFormat};
 use crate::telemetry::{LogStyle, Metrics, init_tracing};
-use crate::{broker, ingress, shutdown};
+use crate::{broker, ingress, shutdown, worker};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::{path::PathBuf, sync::Arc};
@@ -24,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Receive signed webhooks and publish them to the broker.
     Ingress,
+    /// Consume raw events, enrich them from the Partner Center API, publish them enriched.
+    Worker,
 }
 
 /// Runs the chosen command to completion.
@@ -40,6 +42,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Ingress => run_ingress(config).await,
+        Command::Worker => run_worker(config).await,
     }
 }
 
@@ -56,4 +59,19 @@ async fn run_ingress(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot start the {} publisher", config.broker.kind))?;
     ingress::serve(&config, listener, admin_listener, publisher, metrics, stop).await.map_err(anyhow::Error::msg)
+}
+
+async fn run_worker(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let stop = shutdown::on_signal();
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on admin.listen = {}", config.admin.listen))?;
+    let publisher = broker::connect(&config, "pcbridge-worker", metrics.clone())
+        .await
+        .with_context(|| format!("cannot start the {} publisher", config.broker.kind))?;
+    let consumer = broker::consume(&config, worker::sources(&config), "pcbridge-worker", metrics.clone())
+        .await
+        .with_context(|| format!("cannot start the {} consumer", config.broker.kind))?;
+    worker::serve(&config, admin_listener, consumer, publisher, metrics, stop).await.map_err(anyhow::Error::msg)
 }

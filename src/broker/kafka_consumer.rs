@@ -199,6 +199,9 @@ impl Consumer for KafkaConsumer {
     async fn close(&self) {
         self.stop.store(true, Ordering::Relaxed);
         self.deliveries.lock().await.close();
+        // Every acknowledged offset is stored by now; what is still tracked was never
+        // processed, and the group's final revocation must not wait for it.
+        self.tracker.forget_all();
         let consumer = self.consumer.clone();
         let committed = tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync)).await;
         match committed {

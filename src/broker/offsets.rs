@@ -90,6 +90,12 @@ impl OffsetTracker {
         }
     }
 
+    /// Forgets every partition (closing): nothing will finish any more.
+    pub fn forget_all(&self) {
+        self.partitions.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.done.notify_all();
+    }
+
     /// Messages in flight across all partitions.
     pub fn in_flight(&self) -> usize {
         self.partitions.lock().unwrap_or_else(|p| p.into_inner()).values().map(|s| s.in_flight.len()).sum()

@@ -27,6 +27,9 @@ pub struct TokenError {
     pub transient: bool,
 }
 
+/// Tokens are cached per grant and scope.
+type Key = (Grant, String);
+
 /// Refresh a token when less than this remains of its lifetime.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
@@ -49,10 +52,10 @@ struct Inner {
     client_secret: Option<Secret>,
     /// The current refresh token; Entra ID may rotate it on every use.
     refresh_token: Mutex<Option<Secret>>,
-    cache: Mutex<HashMap<(Grant, String), Cached>>,
+    cache: Mutex<HashMap<Key, Cached>>,
     /// One lock per (grant, scope): the holder fetches, the others wait and then read
     /// the cache, so a burst of calls makes one token request.
-    flights: Mutex<HashMap<(Grant, String), Arc<tokio::sync::Mutex<()>>>>,
+    flights: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     /// Called after every token request (for the refreshes metric), with its grant.
     on_refresh: Option<Arc<dyn Fn(Grant, bool) + Send + Sync>>,
 }
@@ -139,7 +142,7 @@ impl TokenProvider {
         self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(&(grant, scope.to_string()));
     }
 
-    fn cached(&self, key: &(Grant, String)) -> Option<Secret> {
+    fn cached(&self, key: &Key) -> Option<Secret> {
         let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.get(key).filter(|c| Instant::now() < c.refresh_at).map(|c| c.token.clone())
     }

@@ -1,5 +1,264 @@
-//! The consuming back: reads raw events, enriches them, publishes enriched events or
-//! dead letters, and acknowledges only what was published.
+//! The consuming back: reads raw events, enriches them ([`enrich`]), publishes the
+//! enriched event or a dead letter ([`output`]), and acknowledges a delivery only after
+//! that output was confirmed by the broker. It knows the broker only through
+//! [`Consumer`] and [`Publisher`].
+//!
+//! Concurrency: deliveries are spread over `worker.concurrency` lanes by a hash of their
+//! key (the ResourceUri), and each lane works through its deliveries one at a time, so
+//! events about one resource are processed in order while many resources proceed at once.
 
+pub mod dedup;
 pub mod enrich;
+pub mod output;
 pub mod retry;
+
+use crate::broker::{Consumer, Delivery, Message, Publisher};
+use crate::config::Config;
+use crate::partner_center::{
+    client::ApiClient,
+    event::{Destinations, Event, event_id},
+    resource::Resolver,
+};
+use crate::shutdown::CancellationToken;
+use crate::telemetry::{Metrics, worker_outcome};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use dedup::Dedup;
+use enrich::{Enricher, Failure, RawEvent};
+use output::Identity;
+use std::{
+    hash::{Hash, Hasher},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::{net::TcpListener, sync::mpsc, task::JoinSet};
+
+/// Deliveries waiting per lane; keeps memory bounded and back-pressure reaching the broker.
+const LANE_DEPTH: usize = 4;
+
+/// Everything the lanes share.
+pub struct WorkerState {
+    pub enricher: Enricher,
+    pub publisher: Arc<dyn Publisher>,
+    pub consumer: Arc<dyn Consumer>,
+    pub destinations: Destinations,
+    /// CloudEvents source for outputs whose raw message had none.
+    pub source: String,
+    /// Ids finished recently; guarded by a plain mutex (short, never held across await).
+    pub dedup: Mutex<Dedup>,
+    pub concurrency: usize,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the drain deadline passes: retries stop, and what is unfinished is
+    /// left unacknowledged, to be delivered again.
+    pub abandon: CancellationToken,
+}
+
+/// The raw destinations a worker consumes: `worker.events`, or every catalogue event
+/// plus `unrecognized`.
+pub fn sources(config: &Config) -> Vec<String> {
+    let d = Destinations::new(config.broker.prefix.clone());
+    if config.worker.events.is_empty() {
+        return d.all_raw();
+    }
+    let mut names: Vec<String> = config.worker.events.iter().map(|e| d.raw(e.trim())).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+impl WorkerState {
+    pub fn new(
+        config: &Config,
+        consumer: Arc<dyn Consumer>,
+        publisher: Arc<dyn Publisher>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let pc = &config.partner_center;
+        let enricher = Enricher {
+            resolver: Resolver::new(&pc.api_hosts),
+            client: ApiClient::new(config, metrics.clone())?,
+            retry: retry::RetryPolicy::from_config(&config.worker),
+            fraud_page_size: pc.fraud_page_size,
+            fraud_max_pages: pc.fraud_max_pages,
+            metrics: metrics.clone(),
+        };
+        Ok(Self {
+            enricher,
+            publisher,
+            consumer,
+            destinations: Destinations::new(config.broker.prefix.clone()),
+            source: pc.base_url.clone(),
+            dedup: Mutex::new(Dedup::new(
+                Duration::from_secs(config.worker.dedup_window_secs),
+                config.worker.dedup_max_entries,
+            )),
+            concurrency: config.worker.concurrency,
+            metrics,
+            abandon: CancellationToken::new(),
+        })
+    }
+}
+
+/// Consumes until `stop` is cancelled (or the consumer closes), then lets the lanes
+/// finish what they hold.
+pub async fn run(state: Arc<WorkerState>, stop: CancellationToken) {
+    let mut lanes = Vec::with_capacity(state.concurrency);
+    let mut tasks = JoinSet::new();
+    for _ in 0..state.concurrency {
+        let (tx, mut rx) = mpsc::channel::<Delivery>(LANE_DEPTH);
+        lanes.push(tx);
+        let state = state.clone();
+        tasks.spawn(async move {
+            while let Some(d) = rx.recv().await {
+                process(&state, d).await;
+            }
+        });
+    }
+    loop {
+        let delivery = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            d = state.consumer.recv() => d,
+        };
+        let Some(d) = delivery else { break };
+        let lane = &lanes[lane_of(&d.key, lanes.len())];
+        if lane.send(d).await.is_err() {
+            break;
+        }
+    }
+    drop(lanes);
+    while tasks.join_next().await.is_some() {}
+}
+
+fn lane_of(key: &str, lanes: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % lanes.max(1) as u64) as usize
+}
+
+/// Keeps `pcbridge_worker_in_flight_events` right however processing ends.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One delivery, start to acknowledgement.
+async fn process(state: &WorkerState, d: Delivery) {
+    state.metrics.worker_in_flight.inc();
+    let _guard = InFlight(&state.metrics.worker_in_flight);
+    let who = identify(&d);
+    let duplicate = state.dedup.lock().unwrap_or_else(|p| p.into_inner()).contains(&who.event_id);
+    if duplicate {
+        tracing::info!(event_id = %who.event_id, "duplicate within the dedup window; not enriched again");
+        state.metrics.worker_events.with_label_values(&[&who.event_name, worker_outcome::DUPLICATE]).inc();
+        state.consumer.ack(d.ack).await;
+        return;
+    }
+    let raw = RawEvent { event_id: &who.event_id, received_at: &who.received_at, body: &d.body };
+    let (message, outcome) = match state.enricher.enrich(raw, &state.abandon).await {
+        Ok(e) => {
+            let outcome = match e.status {
+                enrich::status::NOT_APPLICABLE => worker_outcome::NOT_APPLICABLE,
+                enrich::status::RESOURCE_GONE => worker_outcome::RESOURCE_GONE,
+                _ => worker_outcome::ENRICHED,
+            };
+            (output::enriched(&d, &who, &e, &state.destinations, &state.source), outcome)
+        }
+        Err(Failure::DeadLetter { kind, reason, attempts }) => {
+            tracing::warn!(event_id = %who.event_id, event_name = %who.event_name, kind, reason, attempts, "dead-lettering");
+            state.metrics.dead_letters.with_label_values(&[kind]).inc();
+            let m = output::dead_letter(&d, &who, kind, &reason, attempts, &state.destinations, &state.source);
+            (m, worker_outcome::DEAD_LETTERED)
+        }
+        Err(Failure::Cancelled) => return,
+    };
+    if !publish_until_confirmed(state, &message).await {
+        return;
+    }
+    state.consumer.ack(d.ack).await;
+    state.dedup.lock().unwrap_or_else(|p| p.into_inner()).insert(&who.event_id);
+    state.metrics.worker_events.with_label_values(&[&who.event_name, outcome]).inc();
+    tracing::info!(event_id = %who.event_id, event_name = %who.event_name, destination = %message.destination, outcome, "event done");
+}
+
+/// The event id and name from the raw headers, or from the body when they are missing.
+fn identify(d: &Delivery) -> Identity {
+    let event_id = d.header("pc-event-id").map(str::to_string).unwrap_or_else(|| event_id(&d.body));
+    let event_name = d
+        .header("pc-event-name")
+        .map(str::to_string)
+        .or_else(|| Event::parse(&d.body).ok().map(|e| e.name))
+        .unwrap_or_else(|| "unrecognized".into());
+    let received_at = d.header("pc-received-at").unwrap_or_default().to_string();
+    Identity { event_id, event_name, received_at }
+}
+
+/// Publishes, retrying while the broker is unavailable, until confirmed. Returns false
+/// only when abandoned at shutdown (the delivery then stays unacknowledged).
+async fn publish_until_confirmed(state: &WorkerState, message: &Message) -> bool {
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        match state.publisher.publish(message).await {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(destination = %message.destination, error = %e, "publish failed; retrying"),
+        }
+        tokio::select! {
+            biased;
+            () = state.abandon.cancelled() => return false,
+            () = tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))) => {}
+        }
+    }
+}
+
+/// Runs the whole worker role: creates its output destinations, serves the admin
+/// endpoints, consumes until `shutdown`, then drains within `shutdown.drain_deadline_ms`
+/// and commits what finished.
+pub async fn serve(
+    config: &Config,
+    admin_listener: TcpListener,
+    consumer: Arc<dyn Consumer>,
+    publisher: Arc<dyn Publisher>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let state = Arc::new(WorkerState::new(config, consumer.clone(), publisher.clone(), metrics.clone())?);
+    let d = &state.destinations;
+    let stems: Vec<String> = sources(config).iter().map(|s| s[config.broker.prefix.len()..].to_string()).collect();
+    let outputs: Vec<String> = stems.iter().map(|s| d.enriched(s)).chain([d.dead_letter()]).collect();
+    if let Err(e) = publisher.ensure_destinations(&outputs).await {
+        tracing::warn!(error = %e, "could not create output destinations at start-up; will retry on first use");
+    }
+    let admin_stop = CancellationToken::new();
+    let (c, p, s) = (consumer.clone(), publisher.clone(), shutdown.clone());
+    let ready = Arc::new(move || !s.is_cancelled() && c.is_ready() && p.is_ready());
+    let admin = tokio::spawn(crate::admin::run(admin_listener, metrics, ready, admin_stop.clone()));
+    tracing::info!(sources = stems.len(), concurrency = config.worker.concurrency, "worker consuming");
+
+    let deadline = config.shutdown.drain_deadline();
+    let work = run(state.clone(), shutdown.clone());
+    tokio::pin!(work);
+    tokio::select! {
+        () = &mut work => {}
+        () = shutdown.cancelled() => {
+            tracing::info!(deadline_ms = deadline.as_millis() as u64, "draining in-flight events");
+            if tokio::time::timeout(deadline, &mut work).await.is_err() {
+                tracing::warn!("drain deadline passed; unfinished events stay unacknowledged and will be redelivered");
+                state.abandon.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut work).await;
+            }
+        }
+    }
+    consumer.close().await;
+    publisher.close(Duration::from_secs(5).min(deadline)).await;
+    admin_stop.cancel();
+    let _ = admin.await;
+    tracing::info!("worker stopped");
+    Ok(())
+}

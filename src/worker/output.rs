@@ -1,0 +1,71 @@
+//! The messages the worker publishes: the enriched event and the dead letter, both
+//! carrying the raw message's headers (SPEC section 3).
+
+use super::enrich::Enriched;
+use crate::broker::{CloudEvent, Delivery, Message};
+use crate::partner_center::event::{Destinations, cloud_event_type};
+use bytes::Bytes;
+
+pub const HEADER_ERROR_KIND: &str = "pc-error-kind";
+pub const HEADER_ERROR: &str = "pc-error";
+pub const HEADER_ATTEMPTS: &str = "pc-attempts";
+
+/// What identifies the event a delivery carries.
+pub struct Identity {
+    pub event_id: String,
+    pub event_name: String,
+    pub received_at: String,
+}
+
+fn cloud_event(d: &Delivery, who: &Identity, source: &str, suffix: &str) -> CloudEvent {
+    match &d.cloud_event {
+        Some(ce) => CloudEvent { ty: format!("{}{suffix}", ce.ty), ..ce.clone() },
+        None => CloudEvent {
+            id: who.event_id.clone(),
+            source: source.to_string(),
+            ty: format!("{}{suffix}", cloud_event_type(&who.event_name)),
+            subject: None,
+            time: None,
+        },
+    }
+}
+
+/// `{prefix}{EventName}.enriched`: the envelope, with the raw message's headers.
+pub fn enriched(d: &Delivery, who: &Identity, e: &Enriched, destinations: &Destinations, source: &str) -> Message {
+    Message {
+        destination: destinations.enriched(&who.event_name),
+        key: d.key.clone(),
+        id: who.event_id.clone(),
+        headers: d.headers.clone(),
+        cloud_event: cloud_event(d, who, source, ".enriched"),
+        content_type: "application/json",
+        body: Bytes::from(serde_json::to_vec(&e.envelope).unwrap_or_default()),
+    }
+}
+
+/// `{prefix}dead-letter`: the raw body and headers, plus why and after how many attempts.
+pub fn dead_letter(
+    d: &Delivery,
+    who: &Identity,
+    kind: &str,
+    reason: &str,
+    attempts: u32,
+    destinations: &Destinations,
+    source: &str,
+) -> Message {
+    let one_line: String = reason.replace(['\r', '\n'], " ").chars().take(1000).collect();
+    let mut headers = d.headers.clone();
+    headers.retain(|(k, _)| ![HEADER_ERROR_KIND, HEADER_ERROR, HEADER_ATTEMPTS].contains(&k.as_str()));
+    headers.push((HEADER_ERROR_KIND.into(), kind.into()));
+    headers.push((HEADER_ERROR.into(), one_line));
+    headers.push((HEADER_ATTEMPTS.into(), attempts.to_string()));
+    Message {
+        destination: destinations.dead_letter(),
+        key: d.key.clone(),
+        id: who.event_id.clone(),
+        headers,
+        cloud_event: cloud_event(d, who, source, ".deadletter"),
+        content_type: "application/json",
+        body: d.body.clone(),
+    }
+}
