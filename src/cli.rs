@@ -70,7 +70,13 @@ async fn run_worker(config: Config) -> anyhow::Result<()> {
     let publisher = broker::connect(&config, "pcbridge-worker", metrics.clone())
         .await
         .with_context(|| format!("cannot start the {} publisher", config.broker.kind))?;
-    let consumer = broker::consume(&config, worker::sources(&config), "pcbridge-worker", metrics.clone())
+    let sources = worker::sources(&config);
+    // Subscribing to topics that do not exist yet would leave them unread until the next
+    // metadata refresh; create them first (a no-op where they exist).
+    if let Err(e) = publisher.ensure_destinations(&sources).await {
+        tracing::warn!(error = %e, "could not create the source destinations");
+    }
+    let consumer = broker::consume(&config, sources, "pcbridge-worker", metrics.clone())
         .await
         .with_context(|| format!("cannot start the {} consumer", config.broker.kind))?;
     worker::serve(&config, admin_listener, consumer, publisher, metrics, stop).await.map_err(anyhow::Error::msg)

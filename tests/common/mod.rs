@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod net;
+pub mod pc_api;
 pub mod pki;
 
 use futures::StreamExt;
@@ -422,8 +423,17 @@ impl Bus {
         }
     }
 
+    /// A test configuration; on Kafka the test's topics are created in the mock cluster
+    /// first (what `kafka.create_topics` does on a real cluster, which the mock lacks).
     pub fn config(&self, pc: &Pc) -> Config {
-        config(self.kind(), pc, &self.bootstrap())
+        let c = config(self.kind(), pc, &self.bootstrap());
+        if let Bus::Kafka(mock) = self {
+            let d = Destinations::new(c.broker.prefix.clone());
+            for topic in d.all_raw().into_iter().chain(output_queues(&c)) {
+                mock.create_topic(&topic, c.kafka.partitions, 1).expect("mock topic");
+            }
+        }
+        c
     }
 
     /// Reads up to `want` messages from one destination.
@@ -479,9 +489,122 @@ impl Bus {
         }
     }
 
+    /// Every message in the named destinations only (waits for `expect`, then settles).
+    pub async fn read_from(&self, destinations: &[String], expect: usize, wait: Duration) -> Vec<Received> {
+        match self {
+            Bus::Kafka(m) => {
+                let topics: Vec<&str> = destinations.iter().map(String::as_str).collect();
+                kafka_read_settled(&m.bootstrap_servers(), &topics, expect, wait).await
+            }
+            Bus::Rabbit(c) => {
+                let deadline = Instant::now() + wait;
+                let mut out = Vec::new();
+                loop {
+                    for q in destinations {
+                        out.extend(rabbit_drain(c, q).await);
+                    }
+                    if out.len() >= expect || Instant::now() >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                for q in destinations {
+                    out.extend(rabbit_drain(c, q).await);
+                }
+                out
+            }
+        }
+    }
+
     pub async fn cleanup(&self, config: &Config, extra: &[String]) {
         if let Bus::Rabbit(c) = self {
             rabbit_cleanup(c, config, extra).await;
         }
     }
+}
+
+/// A configuration for a worker (on top of an ingress configuration), pointed at the
+/// stand-in APIs, with short retry delays.
+pub fn worker_config(mut c: Config, api: &pc_api::PcApi) -> Config {
+    c.partner_center.base_url = api.base.clone();
+    c.partner_center.graph_base_url = api.base.clone();
+    c.partner_center.token_base_url = api.base.clone();
+    c.partner_center.tenant_id = "tenant-1".into();
+    c.partner_center.client_id = pc_api::CLIENT_ID.into();
+    c.partner_center.client_secret = pcbridge::config::Secret::new(pc_api::CLIENT_SECRET);
+    c.partner_center.refresh_token = pcbridge::config::Secret::new(pc_api::REFRESH_TOKEN);
+    c.partner_center.request_timeout_ms = 1_000;
+    c.worker.group_id = format!("{}workers", c.broker.prefix);
+    c.worker.concurrency = 16;
+    c.worker.max_attempts = 4;
+    c.worker.max_retry_ms = 15_000;
+    c.worker.retry_min_delay_ms = 20;
+    c.worker.retry_max_delay_ms = 200;
+    c
+}
+
+/// A running worker.
+pub struct TestWorker {
+    pub admin: String,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<Result<(), String>>,
+}
+
+/// Starts the real worker (consumer, publisher, admin on port 0).
+pub async fn spawn_worker(config: &Config) -> TestWorker {
+    pcbridge::partner_center::install_crypto_provider();
+    pcbridge::telemetry::init_tracing(pcbridge::telemetry::LogStyle::Text, "warn");
+    let metrics = Arc::new(Metrics::new());
+    let publisher = broker::connect(config, "pcbridge-test-worker", metrics.clone()).await.expect("worker publisher");
+    let consumer = broker::consume(config, pcbridge::worker::sources(config), "pcbridge-test-worker", metrics.clone())
+        .await
+        .expect("worker consumer");
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let admin = format!("http://{}", admin_listener.local_addr().expect("addr"));
+    let shutdown = CancellationToken::new();
+    let (cfg, m, s) = (config.clone(), metrics.clone(), shutdown.clone());
+    let handle =
+        tokio::spawn(async move { pcbridge::worker::serve(&cfg, admin_listener, consumer, publisher, m, s).await });
+    TestWorker { admin, metrics, shutdown, handle }
+}
+
+impl TestWorker {
+    pub async fn stop(self) -> Result<(), String> {
+        self.shutdown.cancel();
+        self.handle.await.expect("worker task")
+    }
+}
+
+/// Output destinations of a test (enriched for every catalogue event, and dead letters).
+pub fn output_queues(config: &Config) -> Vec<String> {
+    let d = Destinations::new(config.broker.prefix.clone());
+    pcbridge::partner_center::event::CATALOGUE
+        .iter()
+        .map(|n| d.enriched(n))
+        .chain([d.enriched(""), d.dead_letter()])
+        .collect()
+}
+
+/// Replaces `{{Name}}` and `{name}` placeholders with concrete ids (`name-1`).
+pub fn concrete(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let inner_start = after.find(|c| c != '{').unwrap_or(after.len());
+        let Some(end) = after[inner_start..].find('}') else {
+            out.push_str(after);
+            return out;
+        };
+        let name = &after[inner_start..inner_start + end];
+        out.push_str(&format!("{}-1", name.to_ascii_lowercase()));
+        let close = inner_start + end;
+        let close_end = close + after[close..].find(|c| c != '}').unwrap_or(after.len() - close);
+        rest = &after[close_end..];
+    }
+    out.push_str(rest);
+    out
 }

@@ -1,0 +1,258 @@
+//! A stand-in for Entra ID, the Partner Center API, Microsoft Graph and the fraud events
+//! API, on one loopback port. It issues tokens per grant and scope and insists on them,
+//! checks the MS-* headers and the fraud paging parameters, records every request, and
+//! can be scripted to misbehave per path.
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use tokio::net::TcpListener;
+
+pub const CLIENT_ID: &str = "test-client";
+pub const CLIENT_SECRET: &str = "test-client-secret-DO-NOT-LOG";
+pub const REFRESH_TOKEN: &str = "test-refresh-token-DO-NOT-LOG";
+pub const PC_SCOPE: &str = "https://api.partnercenter.microsoft.com/.default";
+pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+
+/// A scripted answer.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Status(u16),
+    /// Status with `Retry-After: secs`.
+    RetryAfter(u16, u64),
+    /// Answer normally after a pause.
+    Slow(Duration),
+    /// Close the connection without answering.
+    Drop,
+}
+
+/// One request the stand-in received.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: HashMap<String, String>,
+    pub at: Instant,
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct World {
+    resources: HashMap<String, Value>,
+    fraud: HashMap<String, Vec<Value>>,
+    scripts: HashMap<String, VecDeque<Reply>>,
+    /// Issued tokens → (grant, scope).
+    tokens: HashMap<String, (String, String)>,
+    requests: Vec<Recorded>,
+    token_requests: Vec<(String, String)>,
+    latency: Duration,
+    failing_token_endpoint: u32,
+}
+
+#[derive(Clone)]
+pub struct PcApi {
+    pub base: String,
+    world: Arc<Mutex<World>>,
+}
+
+impl PcApi {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind stand-in");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let world = Arc::new(Mutex::new(World::default()));
+        let app = Router::new().fallback(handle).with_state(world.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { base, world }
+    }
+
+    /// Serves `value` at `path` (Partner Center or Graph path, as the worker requests it).
+    pub fn put(&self, path: &str, value: Value) {
+        self.world.lock().unwrap().resources.insert(path.to_string(), value);
+    }
+
+    /// The fraud events of a subscription.
+    pub fn put_fraud(&self, subscription_id: &str, events: Vec<Value>) {
+        self.world.lock().unwrap().fraud.insert(subscription_id.to_string(), events);
+    }
+
+    /// The next answers for requests to `path` (then normal again).
+    pub fn script(&self, path: &str, replies: Vec<Reply>) {
+        self.world.lock().unwrap().scripts.insert(path.to_string(), replies.into());
+    }
+
+    /// Adds a fixed latency to every API answer.
+    pub fn set_latency(&self, latency: Duration) {
+        self.world.lock().unwrap().latency = latency;
+    }
+
+    /// The token endpoint answers 503 to the next `n` requests.
+    pub fn fail_token_endpoint(&self, n: u32) {
+        self.world.lock().unwrap().failing_token_endpoint = n;
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.world.lock().unwrap().requests.clone()
+    }
+
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        self.requests().into_iter().filter(|r| r.path == path).collect()
+    }
+
+    /// (grant_type, scope) of every token request.
+    pub fn token_requests(&self) -> Vec<(String, String)> {
+        self.world.lock().unwrap().token_requests.clone()
+    }
+}
+
+fn is_guid(s: &str) -> bool {
+    uuid::Uuid::parse_str(s).is_ok()
+}
+
+async fn handle(
+    State(world): State<Arc<Mutex<World>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    let query = uri.query().unwrap_or_default().to_string();
+    let header_map: HashMap<String, String> =
+        headers.iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string())).collect();
+    if method == Method::POST && path.ends_with("/oauth2/v2.0/token") {
+        return token(&world, &body);
+    }
+    let (reply, latency) = {
+        let mut w = world.lock().unwrap();
+        let reply = w.scripts.get_mut(&path).and_then(VecDeque::pop_front);
+        (reply, w.latency)
+    };
+    if let Some(Reply::Slow(d)) = &reply {
+        tokio::time::sleep(*d).await;
+    } else if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let response = answer(&world, &path, &query, &header_map, reply);
+    let status = response.status().as_u16();
+    world.lock().unwrap().requests.push(Recorded {
+        method: method.to_string(),
+        path,
+        query,
+        headers: header_map,
+        at: Instant::now(),
+        status,
+    });
+    response
+}
+
+fn token(world: &Arc<Mutex<World>>, body: &[u8]) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+    let mut w = world.lock().unwrap();
+    let grant = form.get("grant_type").cloned().unwrap_or_default();
+    let scope = form.get("scope").cloned().unwrap_or_default();
+    w.token_requests.push((grant.clone(), scope.clone()));
+    if w.failing_token_endpoint > 0 {
+        w.failing_token_endpoint -= 1;
+        return (StatusCode::SERVICE_UNAVAILABLE, "token endpoint down").into_response();
+    }
+    let ok_client = form.get("client_id").map(String::as_str) == Some(CLIENT_ID)
+        && form.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET);
+    let ok_grant = match grant.as_str() {
+        "client_credentials" => true,
+        "refresh_token" => form.get("refresh_token").map(String::as_str) == Some(REFRESH_TOKEN),
+        _ => false,
+    };
+    if !ok_client || !ok_grant {
+        return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_client"}))).into_response();
+    }
+    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
+    w.tokens.insert(token.clone(), (grant, scope));
+    axum::Json(
+        json!({"token_type": "Bearer", "expires_in": 3599, "access_token": token, "refresh_token": REFRESH_TOKEN}),
+    )
+    .into_response()
+}
+
+fn answer(
+    world: &Arc<Mutex<World>>,
+    path: &str,
+    query: &str,
+    headers: &HashMap<String, String>,
+    reply: Option<Reply>,
+) -> Response {
+    match reply {
+        Some(Reply::Status(code)) => return status(code),
+        Some(Reply::RetryAfter(code, secs)) => {
+            return (status_code(code), [("retry-after", secs.to_string())], "slow down").into_response();
+        }
+        Some(Reply::Drop) => {
+            // Panicking in a handler makes hyper drop the connection without an answer.
+            std::panic::resume_unwind(Box::new("drop"));
+        }
+        Some(Reply::Slow(_)) | None => {}
+    }
+    let w = world.lock().unwrap();
+    let fraud = path == "/v1/fraudEvents";
+    let graph = path.starts_with("/v1.0/");
+    let (want_grant, want_scope) = match (fraud, graph) {
+        (true, _) => ("refresh_token", PC_SCOPE),
+        (false, true) => ("client_credentials", GRAPH_SCOPE),
+        _ => ("client_credentials", PC_SCOPE),
+    };
+    let token = headers.get("authorization").and_then(|a| a.strip_prefix("Bearer ")).unwrap_or_default();
+    match w.tokens.get(token) {
+        Some((g, s)) if g == want_grant && s == want_scope => {}
+        _ => return (StatusCode::UNAUTHORIZED, "bad or missing token for this API").into_response(),
+    }
+    let ms_ok = headers.get("ms-correlationid").is_some_and(|v| is_guid(v))
+        && headers.get("ms-requestid").is_some_and(|v| is_guid(v))
+        && headers.get("accept").is_some_and(|v| v.contains("application/json"));
+    if !ms_ok {
+        return (StatusCode::BAD_REQUEST, "MS-CorrelationId, MS-RequestId and Accept are required").into_response();
+    }
+    if fraud {
+        let q: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        let new_model = headers.get("x-neweventsmodel");
+        let (Some(sub), Some(size), Some(number)) = (
+            q.get("SubscriptionId"),
+            q.get("PageSize").and_then(|s| s.parse::<usize>().ok()),
+            q.get("PageNumber").and_then(|s| s.parse::<usize>().ok()),
+        ) else {
+            return (StatusCode::BAD_REQUEST, "SubscriptionId, PageSize and PageNumber are required").into_response();
+        };
+        if new_model.map(String::as_str) != Some("true")
+            || q.get("EventStatus").map(String::as_str) != Some("Active")
+            || size == 0
+            || number == 0
+        {
+            return (StatusCode::BAD_REQUEST, "X-NewEventsModel: true, EventStatus=Active, positive paging")
+                .into_response();
+        }
+        let all = w.fraud.get(sub).cloned().unwrap_or_default();
+        let page: Vec<Value> = all.into_iter().skip((number - 1) * size).take(size).collect();
+        return axum::Json(Value::Array(page)).into_response();
+    }
+    match w.resources.get(path) {
+        Some(v) => axum::Json(v.clone()).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such resource").into_response(),
+    }
+}
+
+fn status_code(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+fn status(code: u16) -> Response {
+    (status_code(code), format!("scripted {code}")).into_response()
+}
