@@ -58,6 +58,9 @@ struct World {
     token_requests: Vec<(String, String)>,
     latency: Duration,
     failing_token_endpoint: u32,
+    /// API requests being answered now, and the most at once.
+    concurrent: usize,
+    max_concurrent: usize,
 }
 
 #[derive(Clone)]
@@ -101,6 +104,11 @@ impl PcApi {
         self.world.lock().unwrap().failing_token_endpoint = n;
     }
 
+    /// The most API requests that were being answered at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.world.lock().unwrap().max_concurrent
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.world.lock().unwrap().requests.clone()
     }
@@ -136,6 +144,8 @@ async fn handle(
     let (reply, latency) = {
         let mut w = world.lock().unwrap();
         let reply = w.scripts.get_mut(&path).and_then(VecDeque::pop_front);
+        w.concurrent += 1;
+        w.max_concurrent = w.max_concurrent.max(w.concurrent);
         (reply, w.latency)
     };
     if let Some(Reply::Slow(d)) = &reply {
@@ -145,7 +155,9 @@ async fn handle(
     }
     let response = answer(&world, &path, &query, &header_map, reply);
     let status = response.status().as_u16();
-    world.lock().unwrap().requests.push(Recorded {
+    let mut w = world.lock().unwrap();
+    w.concurrent -= 1;
+    w.requests.push(Recorded {
         method: method.to_string(),
         path,
         query,
@@ -197,6 +209,7 @@ fn answer(
             return (status_code(code), [("retry-after", secs.to_string())], "slow down").into_response();
         }
         Some(Reply::Drop) => {
+            world.lock().unwrap().concurrent -= 1;
             // Panicking in a handler makes hyper drop the connection without an answer.
             std::panic::resume_unwind(Box::new("drop"));
         }
