@@ -50,7 +50,11 @@ async fn per_resource_order(kind: BrokerKind) {
         seen.entry(uri).or_default().push(env["event"]["Seq"].as_u64().unwrap());
     }
     for (uri, seqs) in &seen {
-        assert_eq!(seqs, &(0..per_resource as u64).collect::<Vec<_>>(), "{uri}: events of one resource keep their order");
+        assert_eq!(
+            seqs,
+            &(0..per_resource as u64).collect::<Vec<_>>(),
+            "{uri}: events of one resource keep their order"
+        );
     }
     assert!(api.max_concurrent() > 1, "events of different resources are enriched concurrently");
     worker.stop().await.expect("worker stops");

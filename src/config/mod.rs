@@ -24,9 +24,43 @@ use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duratio
 pub struct ConfigError(pub String);
 
 /// A secret value: printed as `***` by `Debug` so a logged config never leaks it.
-#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Default, Serialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        scalar_string(d).map(Secret)
+    }
+}
+
+/// A string from any scalar: the environment (and TOML) may type `12345` or `true`.
+fn scalar_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i64),
+        U(u64),
+        F(f64),
+        B(bool),
+    }
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::S(s) => s,
+        Scalar::I(i) => i.to_string(),
+        Scalar::U(u) => u.to_string(),
+        Scalar::F(f) => f.to_string(),
+        Scalar::B(b) => b.to_string(),
+    })
+}
+
+/// A map whose values may be any scalar, kept as strings (librdkafka properties).
+fn scalar_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Value(#[serde(deserialize_with = "scalar_string")] String);
+    let map = BTreeMap::<String, Value>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, Value(v))| (k, v)).collect())
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -239,6 +273,7 @@ pub struct KafkaConfig {
     /// librdkafka properties passed through as they are (`security.protocol`,
     /// `sasl.mechanism`, `ssl.ca.location`, …). From the environment, `_` stands for
     /// `.`: `PCBRIDGE_KAFKA__PROPERTIES__SASL_PASSWORD` sets `sasl.password`.
+    #[serde(deserialize_with = "scalar_map")]
     pub properties: BTreeMap<String, String>,
 }
 
@@ -440,6 +475,15 @@ impl Config {
         if self.worker.prefetch == 0 {
             return bad("worker.prefetch", "must be greater than 0".into());
         }
+        match self.broker.kind {
+            BrokerKind::Kafka => self.validate_kafka(),
+            BrokerKind::Rabbitmq => self.validate_rabbitmq(),
+        }
+    }
+
+    /// The `[kafka]` keys, checked only when Kafka is the broker.
+    fn validate_kafka(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError(format!("config key `{key}`: {why}")));
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return bad("kafka.bootstrap_servers", "is empty".into());
         }
@@ -449,6 +493,12 @@ impl Config {
         if self.kafka.replication_factor < 1 && self.kafka.replication_factor != -1 {
             return bad("kafka.replication_factor", "must be at least 1 (or -1 for the broker's default)".into());
         }
+        Ok(())
+    }
+
+    /// The `[rabbitmq]` keys, checked only when RabbitMQ is the broker.
+    fn validate_rabbitmq(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError(format!("config key `{key}`: {why}")));
         if !(self.rabbitmq.url.starts_with("amqp://") || self.rabbitmq.url.starts_with("amqps://")) {
             return bad(
                 "rabbitmq.url",

@@ -117,3 +117,19 @@ fn urls_are_redacted() {
     assert_eq!(redact_url("amqp://u:p@h:5672/%2f"), "amqp://u:***@h:5672/%2f");
     assert_eq!(redact_url("amqp://h:5672/%2f"), "amqp://h:5672/%2f");
 }
+
+#[test]
+fn numbers_and_booleans_are_accepted_where_strings_are_expected() {
+    let f = file("[kafka.properties]\n\"linger.ms\" = 5\n\"enable.ssl.certificate.verification\" = false\n");
+    let c = Config::load_with_env(
+        &f.0,
+        true,
+        env(&[("KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000"), ("RABBITMQ__PASSWORD", "12345")]),
+    )
+    .unwrap();
+    let props = c.kafka.normalized_properties();
+    assert_eq!(props.get("linger.ms").map(String::as_str), Some("5"));
+    assert_eq!(props.get("enable.ssl.certificate.verification").map(String::as_str), Some("false"));
+    assert_eq!(props.get("session.timeout.ms").map(String::as_str), Some("6000"));
+    assert_eq!(c.rabbitmq_password().unwrap().expose(), "12345");
+}

@@ -237,7 +237,22 @@ async fn kafka_read_from(bootstrap: &str, topics: &[&str], want: usize, wait: Du
         .set("topic.metadata.refresh.interval.ms", "200")
         .create()
         .expect("consumer");
-    consumer.subscribe(topics).expect("subscribe");
+    if topics.iter().any(|t| t.starts_with('^')) {
+        consumer.subscribe(topics).expect("subscribe");
+    } else {
+        // Named topics: assign every partition from the beginning, no group join to wait for.
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for topic in topics {
+            let metadata =
+                consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).expect("metadata of a test topic");
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    tpl.add_partition_offset(t.name(), p.id(), rdkafka::Offset::Beginning).expect("partition");
+                }
+            }
+        }
+        consumer.assign(&tpl).expect("assign");
+    }
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + wait;
     let mut stream = consumer.stream();

@@ -1,0 +1,152 @@
+//! The worker process killed with SIGKILL in the middle of a batch, twice, and
+//! restarted: every event the ingress answered 2xx still ends enriched.
+
+mod common;
+
+use common::{pc_api::PcApi, *};
+use pcbridge::config::{BrokerKind, Config};
+use serde_json::json;
+use std::{
+    collections::HashMap,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A child process killed when dropped, so a failing test leaves no worker behind.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker_process(config: &Config, api: &PcApi, admin_port: u16) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pcbridge"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(["--config", "config.toml", "worker"]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PCBRIDGE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let kind = if config.broker.kind == BrokerKind::Kafka { "kafka" } else { "rabbitmq" };
+    if config.broker.kind == BrokerKind::Kafka {
+        cmd.env("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", &config.kafka.bootstrap_servers)
+            .env("PCBRIDGE_KAFKA__CREATE_TOPICS", "false")
+            .env("PCBRIDGE_KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000");
+    }
+    cmd.env("PCBRIDGE_BROKER__KIND", kind)
+        .env("PCBRIDGE_BROKER__PREFIX", &config.broker.prefix)
+        .env("PCBRIDGE_RABBITMQ__URL", &config.rabbitmq.url)
+        .env("PCBRIDGE_RABBITMQ__EXCHANGE", &config.rabbitmq.exchange)
+        .env("PCBRIDGE_PARTNER_CENTER__BASE_URL", &api.base)
+        .env("PCBRIDGE_PARTNER_CENTER__GRAPH_BASE_URL", &api.base)
+        .env("PCBRIDGE_PARTNER_CENTER__TOKEN_BASE_URL", &api.base)
+        .env("PCBRIDGE_PARTNER_CENTER__TENANT_ID", "tenant-1")
+        .env("PCBRIDGE_PARTNER_CENTER__CLIENT_ID", pc_api::CLIENT_ID)
+        .env("PCBRIDGE_PARTNER_CENTER__CLIENT_SECRET", pc_api::CLIENT_SECRET)
+        .env("PCBRIDGE_PARTNER_CENTER__REFRESH_TOKEN", pc_api::REFRESH_TOKEN)
+        .env("PCBRIDGE_WORKER__GROUP_ID", &config.worker.group_id)
+        .env("PCBRIDGE_WORKER__CONCURRENCY", "4")
+        .env("PCBRIDGE_WORKER__RETRY_MIN_DELAY_MS", "20")
+        .env("PCBRIDGE_WORKER__RETRY_MAX_DELAY_MS", "200")
+        .env("PCBRIDGE_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+        .env("PCBRIDGE_LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    Proc(cmd.spawn().expect("spawn pcbridge worker"))
+}
+
+/// Events this worker process has finished, from its own /metrics.
+async fn finished(admin_port: u16) -> usize {
+    let url = format!("http://127.0.0.1:{admin_port}/metrics");
+    let Ok(r) = reqwest::get(&url).await else { return 0 };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("pcbridge_worker_events_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as usize
+}
+
+async fn killed_mid_batch(kind: BrokerKind) {
+    let pc = Pc::new().await;
+    let bus = Bus::new(kind).await;
+    let api = PcApi::start().await;
+    let config = worker_config(bus.config(&pc), &api);
+    let app = spawn_ingress(config.clone()).await;
+    api.set_latency(Duration::from_millis(40));
+    let n = 200;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let path = format!("/engagements/v1/referrals/r{i}");
+        api.put(&path, json!({ "id": i }));
+        let body = serde_json::to_vec(&json!({
+            "EventName": "referral-created",
+            "ResourceUri": format!("https://api.partnercenter.microsoft.com{path}"),
+        }))
+        .unwrap();
+        let (status, json) = app.post(body.clone(), &pc.headers(&body)).await;
+        assert_eq!(status, 200);
+        ids.push(json["eventId"].as_str().unwrap().to_string());
+    }
+
+    let port = net::closed_port().await;
+    let mut done_before_kills = 0;
+    for round in 1..=2 {
+        let mut child = spawn_worker_process(&config, &api, port);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let done = finished(port).await;
+            if done >= n / 5 {
+                done_before_kills += done;
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: only {done} events finished");
+            assert!(child.0.try_wait().expect("wait").is_none(), "worker exited on its own");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child.0.kill().expect("SIGKILL");
+        child.0.wait().expect("reap");
+        eprintln!("round {round}: SIGKILL after this process finished ≥ {} events", n / 5);
+    }
+    assert!(done_before_kills < n, "the kills happened mid-batch ({done_before_kills} of {n} finished)");
+    let child = spawn_worker_process(&config, &api, port);
+    let queues = output_queues(&config);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    loop {
+        // RabbitMQ queues drain as they are read; Kafka topics are read whole each time.
+        if matches!(bus, Bus::Kafka(_)) {
+            seen.clear();
+        }
+        for m in bus.read_from(&queues, n, Duration::from_secs(3)).await {
+            assert!(m.destination.ends_with(".enriched"), "unexpected dead letter: {:?}", m.headers);
+            *seen.entry(m.headers["pc-event-id"].clone()).or_default() += 1;
+        }
+        if seen.len() >= n || Instant::now() > deadline {
+            break;
+        }
+    }
+    let total: usize = seen.values().sum();
+    let mut child = child;
+    assert!(Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().expect("kill").success());
+    let exit = child.0.wait().expect("wait");
+    let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
+    assert!(missing.is_empty(), "{} events were lost: {missing:?}", missing.len());
+    eprintln!("{kind:?}: {n} events, {total} enriched messages, {} duplicates after two SIGKILLs", total - seen.len());
+    assert!(exit.success(), "the last worker drains and exits cleanly on SIGTERM: {exit:?}");
+    let cfg = app.config.clone();
+    app.stop().await.expect("ingress stops");
+    bus.cleanup(&cfg, &output_queues(&cfg)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_batch_loses_nothing_kafka() {
+    killed_mid_batch(BrokerKind::Kafka).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_batch_loses_nothing_rabbitmq() {
+    killed_mid_batch(BrokerKind::Rabbitmq).await;
+}
