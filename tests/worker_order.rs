@@ -72,3 +72,70 @@ async fn per_resource_order_kafka() {
 async fn per_resource_order_rabbitmq() {
     per_resource_order(BrokerKind::Rabbitmq).await;
 }
+
+/// Two workers in one consumer group share the partitions; the second joins while the
+/// first is busy, so the first goes through a revocation with work in flight. Nothing is
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_a_kafka_group_through_a_rebalance() {
+    let pc = Pc::new().await;
+    let bus = Bus::new(BrokerKind::Kafka).await;
+    let api = PcApi::start().await;
+    let mut config = worker_config(bus.config(&pc), &api);
+    config.worker.concurrency = 2;
+    // librdkafka's mock coordinator completes a rebalance only when the session timeout
+    // (45 s by default) runs out; a short one keeps the test short.
+    config.kafka.properties.insert("session.timeout.ms".into(), "6000".into());
+    let app = spawn_ingress(config.clone()).await;
+    // ~9 s of work for one worker: the second joins (a group join takes ~3 s) well before.
+    api.set_latency(Duration::from_millis(150));
+    let n = 120;
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..n {
+        let path = format!("/v1/customers/c{i}");
+        api.put(&path, json!({ "id": i }));
+        let name = if i % 2 == 0 { "subscription-updated" } else { "referral-created" };
+        let body = serde_json::to_vec(&json!({
+            "EventName": name,
+            "ResourceUri": format!("https://api.partnercenter.microsoft.com{path}"),
+        }))
+        .unwrap();
+        let (status, json) = app.post(body.clone(), &pc.headers(&body)).await;
+        assert_eq!(status, 200);
+        ids.insert(json["eventId"].as_str().unwrap().to_string());
+    }
+    let first = spawn_worker(&config).await;
+    // Let the first worker get going, then add a second replica.
+    let started = std::time::Instant::now();
+    while first.metrics.render().lines().all(|l| !l.starts_with("pcbridge_worker_events_total{")) {
+        assert!(started.elapsed() < Duration::from_secs(30), "first worker never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = spawn_worker(&config).await;
+    let outputs = output_queues(&config);
+    // A rebalance may redeliver (at least once), so wait for every distinct event id.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (got, seen) = loop {
+        let got = bus.read_from(&outputs, usize::MAX, Duration::from_secs(3)).await;
+        let seen: std::collections::HashSet<String> = got.iter().map(|m| m.headers["pc-event-id"].clone()).collect();
+        if seen.len() >= n || std::time::Instant::now() > deadline {
+            break (got, seen);
+        }
+    };
+    assert_eq!(seen.len(), n, "every event enriched");
+    assert_eq!(seen, ids);
+    let count = |w: &TestWorker| -> u64 {
+        w.metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("pcbridge_worker_events_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let (a, b) = (count(&first), count(&second));
+    eprintln!("first worker: {a} events, second: {b}, outputs: {} for {n} events", got.len());
+    assert!(a > 0 && b > 0, "both replicas got partitions: {a} / {b}");
+    first.stop().await.expect("first stops");
+    second.stop().await.expect("second stops");
+    app.stop().await.expect("ingress stops");
+}
