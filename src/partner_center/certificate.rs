@@ -7,6 +7,7 @@
 //! (single flight) that runs to completion even if the request that started it goes away.
 
 use super::signature::VerifyError;
+use super::{BodyError, error_chain, read_limited};
 use crate::config::SignatureConfig;
 use futures::{FutureExt, future::Shared};
 use ring::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
@@ -247,17 +248,10 @@ impl Inner {
             return Err(VerifyError::BadCertificate(format!("{url} answered {status} (redirects are not followed)")));
         }
         let too_large = || VerifyError::BadCertificate(format!("{url} is larger than {} bytes", self.max_bytes));
-        if response.content_length().is_some_and(|n| n > self.max_bytes as u64) {
-            return Err(too_large());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| unavailable(error_chain(&e)))? {
-            if body.len() + chunk.len() > self.max_bytes {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+        read_limited(&mut response, self.max_bytes).await.map_err(|e| match e {
+            BodyError::TooLarge => too_large(),
+            BodyError::Read(e) => unavailable(e),
+        })
     }
 
     async fn download_and_validate(&self, url: Url) -> Result<Arc<TrustedKey>, VerifyError> {
@@ -418,18 +412,6 @@ fn truncate(s: &str, max: usize) -> &str {
         Some((i, _)) => &s[..i],
         None => s,
     }
-}
-
-/// An error with its sources, on one line (reqwest hides the interesting part).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

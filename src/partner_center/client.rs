@@ -6,6 +6,7 @@
 //! decides what to do with the class.
 
 use super::token::{Grant, TokenProvider};
+use super::{BodyError, error_chain, read_limited};
 use crate::config::Config;
 use crate::telemetry::Metrics;
 use serde_json::Value;
@@ -177,7 +178,7 @@ impl ApiClient {
         }
         let retry_after = retry_after(response.headers());
         if !status.is_success() {
-            let detail = read_limited(&mut response, 2048).await.unwrap_or_default();
+            let detail = read_limited(&mut response, 2048).await.unwrap_or_else(|_| b"(unreadable body)".to_vec());
             let detail: String = String::from_utf8_lossy(&detail).chars().take(300).collect();
             let message = format!("GET {url} answered {status}: {}", detail.trim());
             return Err(match code {
@@ -185,9 +186,12 @@ impl ApiClient {
                 _ => FetchError::permanent(message, Some(code)),
             });
         }
-        let body = read_limited(&mut response, MAX_RESPONSE_BYTES)
-            .await
-            .map_err(|e| FetchError::transient(format!("GET {url}: reading the body: {e}"), Some(code), None))?;
+        let body = read_limited(&mut response, MAX_RESPONSE_BYTES).await.map_err(|e| match e {
+            BodyError::TooLarge => {
+                FetchError::permanent(format!("GET {url}: answer larger than {MAX_RESPONSE_BYTES} bytes"), Some(code))
+            }
+            BodyError::Read(e) => FetchError::transient(format!("GET {url}: reading the body: {e}"), Some(code), None),
+        })?;
         if body.is_empty() {
             return Ok(Fetched::Found(Value::Null));
         }
@@ -195,18 +199,6 @@ impl ApiClient {
             .map(Fetched::Found)
             .map_err(|e| FetchError::permanent(format!("GET {url}: the answer is not JSON: {e}"), Some(code)))
     }
-}
-
-/// The body, at most `limit` bytes (an error past it).
-async fn read_limited(response: &mut reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
-        if body.len() + chunk.len() > limit {
-            return Err(format!("answer larger than {limit} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -229,14 +221,7 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let mut text = format!("{kind}: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    format!("{kind}: {}", error_chain(e))
 }
 
 #[cfg(test)]
