@@ -212,3 +212,34 @@ async fn token_endpoint_failing_for_a_while() {
     app.stop().await.expect("ingress stops");
     bus.cleanup(&cfg, &outputs).await;
 }
+
+/// An enriched message the broker refuses (here: larger than the producer's
+/// message.max.bytes) becomes a dead letter instead of blocking its lane forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_enriched_message_is_dead_lettered() {
+    let pc = Pc::new().await;
+    let bus = Bus::new(BrokerKind::Kafka).await;
+    let api = PcApi::start().await;
+    let config = worker_config(bus.config(&pc), &api);
+    let app = spawn_ingress(config.clone()).await;
+    api.put("/v1/customers/huge", json!({ "blob": "x".repeat(20_000) }));
+    api.put("/v1/customers/small", json!({ "id": "small" }));
+    let huge = event("subscription-updated", &format!("{PC}/v1/customers/huge"), 1);
+    let small = event("subscription-updated", &format!("{PC}/v1/customers/small"), 2);
+    for body in [&huge, &small] {
+        assert_eq!(app.post(body.clone(), &pc.headers(body)).await.0, 200);
+    }
+    let mut worker_config = config.clone();
+    worker_config.kafka.properties.insert("message.max.bytes".into(), "4000".into());
+    let worker = spawn_worker(&worker_config).await;
+    let outputs = output_queues(&config);
+    let got = bus.read_from(&outputs, 2, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 2, "{:?}", got.iter().map(|m| &m.destination).collect::<Vec<_>>());
+    let dead: Vec<&Received> = got.iter().filter(|m| m.destination.ends_with("dead-letter")).collect();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].headers["pc-error-kind"], "publish-refused");
+    assert_eq!(dead[0].body, huge, "the raw event is kept");
+    assert!(got.iter().any(|m| m.destination.ends_with(".enriched")), "the next event is not blocked");
+    worker.stop().await.expect("worker stops");
+    app.stop().await.expect("ingress stops");
+}

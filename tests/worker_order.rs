@@ -135,6 +135,8 @@ async fn replicas_share_a_kafka_group_through_a_rebalance() {
     let (a, b) = (count(&first), count(&second));
     eprintln!("first worker: {a} events, second: {b}, outputs: {} for {n} events", got.len());
     assert!(a > 0 && b > 0, "both replicas got partitions: {a} / {b}");
+    let lag = first.metrics.render();
+    assert!(lag.contains("pcbridge_consumer_lag{partition="), "consumer lag from librdkafka's statistics:\n{lag}");
     first.stop().await.expect("first stops");
     second.stop().await.expect("second stops");
     app.stop().await.expect("ingress stops");

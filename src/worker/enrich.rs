@@ -38,6 +38,8 @@ pub mod error_kind {
     pub const UNRESOLVABLE: &str = "unresolvable-uri";
     /// The raw message is not a webhook event.
     pub const BAD_PAYLOAD: &str = "bad-payload";
+    /// The broker refused the enriched message (e.g. larger than it accepts).
+    pub const PUBLISH_REFUSED: &str = "publish-refused";
 }
 
 /// What the enrichment of one event needs to know about it.

@@ -12,7 +12,7 @@ pub mod enrich;
 pub mod output;
 pub mod retry;
 
-use crate::broker::{Consumer, Delivery, Message, Publisher};
+use crate::broker::{Consumer, Delivery, Message, PublishError, Publisher};
 use crate::config::Config;
 use crate::partner_center::{
     client::ApiClient,
@@ -174,9 +174,23 @@ async fn process(state: &WorkerState, d: Delivery) {
         }
         Err(Failure::Cancelled) => return,
     };
-    if !publish_until_confirmed(state, &message).await {
-        return;
-    }
+    let (message, outcome) = match publish_until_confirmed(state, &message).await {
+        Published::Confirmed => (message, outcome),
+        Published::Abandoned => return,
+        // The broker refused the enriched message itself (too large, say): it cannot go
+        // where it belongs, so it becomes a dead letter — which is small, being the raw body.
+        Published::Refused(reason) if outcome != worker_outcome::DEAD_LETTERED => {
+            let kind = enrich::error_kind::PUBLISH_REFUSED;
+            tracing::warn!(event_id = %who.event_id, reason, "enriched message refused by the broker; dead-lettering");
+            state.metrics.dead_letters.with_label_values(&[kind]).inc();
+            let m = output::dead_letter(&d, &who, kind, &reason, 0, &state.destinations, &state.source);
+            match publish_until_confirmed(state, &m).await {
+                Published::Confirmed => (m, worker_outcome::DEAD_LETTERED),
+                _ => return,
+            }
+        }
+        Published::Refused(_) => return,
+    };
     state.consumer.ack(d.ack).await;
     state.dedup.lock().unwrap_or_else(|p| p.into_inner()).insert(&who.event_id);
     state.metrics.worker_events.with_label_values(&[&who.event_name, outcome]).inc();
@@ -195,23 +209,35 @@ fn identify(d: &Delivery) -> Identity {
     Identity { event_id, event_name, received_at }
 }
 
-/// Publishes, retrying while the broker is unavailable, until confirmed. Returns false
-/// only when abandoned at shutdown (the delivery then stays unacknowledged).
-async fn publish_until_confirmed(state: &WorkerState, message: &Message) -> bool {
+/// How a publish ended.
+enum Published {
+    Confirmed,
+    /// Shutting down past the deadline: the delivery stays unacknowledged.
+    Abandoned,
+    /// The broker answered and refused this message (retrying the same bytes cannot help).
+    Refused(String),
+}
+
+/// Publishes, retrying while the broker is unavailable or slow, until confirmed, refused,
+/// or abandoned at shutdown. A refused dead letter is retried too: there is nowhere else
+/// for it to go, and acknowledging it would lose the event.
+async fn publish_until_confirmed(state: &WorkerState, message: &Message) -> Published {
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(5))
         .with_jitter()
         .without_max_times()
         .build();
+    let is_dead_letter = message.destination == state.destinations.dead_letter();
     loop {
         match state.publisher.publish(message).await {
-            Ok(()) => return true,
+            Ok(()) => return Published::Confirmed,
+            Err(PublishError::Rejected(reason)) if !is_dead_letter => return Published::Refused(reason),
             Err(e) => tracing::warn!(destination = %message.destination, error = %e, "publish failed; retrying"),
         }
         tokio::select! {
             biased;
-            () = state.abandon.cancelled() => return false,
+            () = state.abandon.cancelled() => return Published::Abandoned,
             () = tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))) => {}
         }
     }
