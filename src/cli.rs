@@ -26,6 +26,12 @@ pub enum Command {
     Ingress,
     /// Consume raw events, enrich them from the Partner Center API, publish them enriched.
     Worker,
+    /// Validate the configuration and reach every dependency it names; exit 1 on failure.
+    Check {
+        /// Also fetch and validate this signing-certificate URL.
+        #[arg(long, value_name = "URL")]
+        certificate_url: Option<String>,
+    },
 }
 
 /// Runs the chosen command to completion.
@@ -43,6 +49,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ingress => run_ingress(config).await,
         Command::Worker => run_worker(config).await,
+        Command::Check { certificate_url } => {
+            let source = if path.exists() { path.display().to_string() } else { "defaults and environment".into() };
+            let checks = crate::check::run(&config, &source, certificate_url.as_deref()).await;
+            let (text, ok) = crate::check::report(&checks);
+            print!("{text}");
+            if ok { Ok(()) } else { Err(anyhow::anyhow!("some checks failed")) }
+        }
     }
 }
 

@@ -14,10 +14,13 @@
 //! - [`partner_center`]: what Partner Center is, knowing nothing of brokers.
 //! - [`broker`]: how messages move, knowing nothing of Partner Center.
 //! - [`ingress`]: the HTTP front. It meets the rest only through [`broker`].
+//! - [`worker`]: consumes raw events, enriches them, publishes enriched events or dead letters.
+//! - [`check`]: `pcbridge check`, reaching every dependency the configuration names.
 //! - [`cli`]: the `pcbridge` command line and the wiring of each role.
 
 pub mod admin;
 pub mod broker;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod ingress;

@@ -113,3 +113,63 @@ async fn sigterm_drains_and_exits_zero() {
     config.rabbitmq.exchange = format!("{prefix}exchange");
     common::rabbit_cleanup(&conn, &config, &[]).await;
 }
+
+fn check_output(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().expect("run pcbridge check");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains("panicked"), "{text}");
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reaches_every_dependency() {
+    let api = common::pc_api::PcApi::start().await;
+    let pc = common::Pc::new().await;
+    let with_credentials = |c: &mut Command| {
+        c.env("PCBRIDGE_PARTNER_CENTER__TOKEN_BASE_URL", &api.base)
+            .env("PCBRIDGE_PARTNER_CENTER__TENANT_ID", "tenant-1")
+            .env("PCBRIDGE_PARTNER_CENTER__CLIENT_ID", common::pc_api::CLIENT_ID)
+            .env("PCBRIDGE_PARTNER_CENTER__CLIENT_SECRET", common::pc_api::CLIENT_SECRET)
+            .env("PCBRIDGE_PARTNER_CENTER__REFRESH_TOKEN", common::pc_api::REFRESH_TOKEN)
+            .env("PCBRIDGE_SIGNATURE__TRUSTED_CERTIFICATE_URL_PREFIXES", format!("[\"{}\"]", pc.certs.prefix))
+            .env("PCBRIDGE_SIGNATURE__EXTRA_TRUST_ANCHORS_FILE", &pc.anchors_file);
+    };
+    // Everything reachable: RabbitMQ, the token endpoint (three grants), the certificate.
+    let mut cmd = pcbridge();
+    cmd.args(["check", "--certificate-url", &pc.cert_url]).env("PCBRIDGE_BROKER__KIND", "rabbitmq");
+    with_credentials(&mut cmd);
+    let (ok, text) = check_output(&mut cmd);
+    assert!(ok, "{text}");
+    for line in ["ok   config", "ok   broker       rabbitmq at amqp://127.0.0.1:5672", "ok   token", "ok   certificate"]
+    {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    assert!(text.contains("app+user (fraud events): ok"), "{text}");
+    assert!(!text.contains(common::pc_api::CLIENT_SECRET) && !text.contains(common::pc_api::REFRESH_TOKEN));
+    assert_eq!(api.token_requests().len(), 3);
+
+    // Kafka (the mock cluster answers metadata like a real one).
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("mock");
+    let (ok, text) = check_output(
+        pcbridge()
+            .arg("check")
+            .env("PCBRIDGE_BROKER__KIND", "kafka")
+            .env("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", mock.bootstrap_servers()),
+    );
+    assert!(ok && text.contains("ok   broker       kafka at") && text.contains("skip token"), "{text}");
+
+    // Failures name what failed, and the exit status says so.
+    let port = common::net::closed_port().await;
+    let mut cmd = pcbridge();
+    cmd.args(["check", "--certificate-url", &format!("{}unknown.cer", pc.certs.prefix)])
+        .env("PCBRIDGE_BROKER__KIND", "rabbitmq")
+        .env("PCBRIDGE_RABBITMQ__URL", format!("amqp://127.0.0.1:{port}/%2f"));
+    with_credentials(&mut cmd);
+    cmd.env("PCBRIDGE_PARTNER_CENTER__CLIENT_SECRET", "wrong");
+    let (ok, text) = check_output(&mut cmd);
+    assert!(!ok, "{text}");
+    assert!(text.contains(&format!("FAIL broker       rabbitmq at amqp://127.0.0.1:{port}")), "{text}");
+    assert!(text.contains("FAIL token") && text.contains("401"), "{text}");
+    assert!(text.contains("FAIL certificate") && text.contains("404"), "{text}");
+    assert!(!text.contains("wrong"), "the secret is not echoed: {text}");
+}

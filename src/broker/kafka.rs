@@ -196,6 +196,23 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before trying again to create a topic whose creation failed.
 const CREATE_RETRY_AFTER: Duration = Duration::from_secs(60);
 
+/// Fetches cluster metadata once: proves the brokers are reachable and the credentials work.
+pub async fn probe(config: &Config) -> Result<String, SetupError> {
+    let producer: rdkafka::producer::BaseProducer = base_client_config(config, "pcbridge-check")
+        .create()
+        .map_err(|e| SetupError(format!("kafka client: {e} (check kafka.properties)")))?;
+    let servers = config.kafka.bootstrap_servers.clone();
+    tokio::task::spawn_blocking(move || {
+        let metadata = producer
+            .client()
+            .fetch_metadata(None, Timeout::After(Duration::from_secs(10)))
+            .map_err(|e| SetupError(format!("kafka at {servers}: {e}")))?;
+        Ok(format!("kafka at {servers}: {} broker(s), {} topic(s)", metadata.brokers().len(), metadata.topics().len()))
+    })
+    .await
+    .map_err(|e| SetupError(format!("kafka probe task: {e}")))?
+}
+
 /// The producer's settings: pcbridge's defaults, then the user's passthrough
 /// properties, then [`ENFORCED`] (with a warning when the user asked otherwise).
 pub fn producer_config(config: &Config, client_name: &str) -> ClientConfig {

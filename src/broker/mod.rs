@@ -186,3 +186,12 @@ pub async fn connect(
         BrokerKind::Rabbitmq => rabbitmq::RabbitMq::connect(config, client_name, metrics).await?,
     })
 }
+
+/// Connects to the configured broker and reports what it found, changing nothing
+/// (for `pcbridge check`).
+pub async fn probe(config: &Config) -> Result<String, SetupError> {
+    match config.broker.kind {
+        BrokerKind::Kafka => kafka::probe(config).await,
+        BrokerKind::Rabbitmq => rabbitmq::probe(config).await,
+    }
+}

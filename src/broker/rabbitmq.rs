@@ -149,6 +149,24 @@ impl RabbitMq {
     }
 }
 
+/// Connects and opens a channel: proves the URL, credentials and vhost work.
+pub async fn probe(config: &Config) -> Result<String, SetupError> {
+    let uri = amqp_uri(&config.rabbitmq, config)?;
+    let url = redact_url(&config.rabbitmq.url);
+    let connect = async {
+        let connection = Connection::connect_uri(uri, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        let _ = channel.close(200, "check".into()).await;
+        let _ = connection.close(200, "check".into()).await;
+        Ok::<_, lapin::Error>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), connect).await {
+        Ok(Ok(())) => Ok(format!("rabbitmq at {url}: connected")),
+        Ok(Err(e)) => Err(SetupError(format!("rabbitmq at {url}: {e}"))),
+        Err(_) => Err(SetupError(format!("rabbitmq at {url}: no answer within 10 s"))),
+    }
+}
+
 /// Declares the durable queue `name`, bound to `exchange` with routing key `name`.
 pub(crate) async fn declare_queue(
     channel: &Channel,

@@ -1,0 +1,115 @@
+//! `pcbridge check`: validates the configuration and reaches every dependency it names —
+//! the broker, the Entra ID token endpoint (when credentials are configured) and,
+//! optionally, a certificate URL — printing one line per check. Nothing is changed.
+
+use crate::broker;
+use crate::config::Config;
+use crate::partner_center::{
+    certificate::CertificateStore,
+    token::{Grant, TokenProvider},
+};
+use std::{fmt::Write as _, time::Duration};
+
+/// One check's result.
+pub struct Check {
+    pub name: &'static str,
+    /// `None`: not applicable with this configuration.
+    pub ok: Option<bool>,
+    pub detail: String,
+}
+
+impl Check {
+    fn line(&self) -> String {
+        let status = match self.ok {
+            Some(true) => "ok  ",
+            Some(false) => "FAIL",
+            None => "skip",
+        };
+        format!("{status} {:<12} {}", self.name, self.detail)
+    }
+}
+
+/// Runs every check. `certificate_url`, when given, is fetched and validated like a
+/// webhook's X-MS-Certificate-Url.
+pub async fn run(config: &Config, config_source: &str, certificate_url: Option<&str>) -> Vec<Check> {
+    let mut checks = vec![Check {
+        name: "config",
+        ok: Some(true),
+        detail: format!(
+            "{config_source} is valid (broker: {}, prefix: {:?})",
+            config.broker.kind, config.broker.prefix
+        ),
+    }];
+    checks.push(match broker::probe(config).await {
+        Ok(detail) => Check { name: "broker", ok: Some(true), detail },
+        Err(e) => Check { name: "broker", ok: Some(false), detail: e.to_string() },
+    });
+    checks.push(tokens(config).await);
+    if let Some(url) = certificate_url {
+        checks.push(certificate(config, url).await);
+    }
+    checks
+}
+
+/// The report: one line per check, and whether all passed.
+pub fn report(checks: &[Check]) -> (String, bool) {
+    let mut text = String::new();
+    for c in checks {
+        let _ = writeln!(text, "{}", c.line());
+    }
+    (text, checks.iter().all(|c| c.ok != Some(false)))
+}
+
+async fn tokens(config: &Config) -> Check {
+    let pc = &config.partner_center;
+    let secret = match config.client_secret() {
+        Ok(s) => s,
+        Err(e) => return Check { name: "token", ok: Some(false), detail: e.0 },
+    };
+    let (Some(secret), false, false) = (secret, pc.tenant_id.is_empty(), pc.client_id.is_empty()) else {
+        return Check {
+            name: "token",
+            ok: None,
+            detail:
+                "no worker credentials (partner_center.tenant_id, client_id, PCBRIDGE_PARTNER_CENTER__CLIENT_SECRET)"
+                    .into(),
+        };
+    };
+    crate::partner_center::install_crypto_provider();
+    let http = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+        Ok(h) => h,
+        Err(e) => return Check { name: "token", ok: Some(false), detail: e.to_string() },
+    };
+    let refresh = config.refresh_token().ok().flatten();
+    let has_refresh = refresh.is_some();
+    let provider = TokenProvider::new(http, &pc.token_base_url, &pc.tenant_id, &pc.client_id, Some(secret), refresh);
+    let mut got = Vec::new();
+    for (grant, scope, label) in [
+        (Grant::ClientCredentials, pc.scope.as_str(), "partner center"),
+        (Grant::ClientCredentials, pc.graph_scope.as_str(), "graph"),
+        (Grant::RefreshToken, pc.scope.as_str(), "app+user (fraud events)"),
+    ] {
+        if grant == Grant::RefreshToken && !has_refresh {
+            got.push(format!("{label}: skipped, no refresh token"));
+            continue;
+        }
+        if let Err(e) = provider.token(grant, scope).await {
+            return Check { name: "token", ok: Some(false), detail: format!("{label}: {e}") };
+        }
+        got.push(format!("{label}: ok"));
+    }
+    Check { name: "token", ok: Some(true), detail: format!("{}: {}", pc.token_base_url, got.join(", ")) }
+}
+
+async fn certificate(config: &Config, url: &str) -> Check {
+    let store = match CertificateStore::new(&config.signature) {
+        Ok(s) => s,
+        Err(e) => return Check { name: "certificate", ok: Some(false), detail: e },
+    };
+    match store.get(url).await {
+        Ok((key, _)) => {
+            Check { name: "certificate", ok: Some(true), detail: format!("{url}: trusted ({})", key.subject) }
+        }
+        Err(e) => Check { name: "certificate", ok: Some(false), detail: format!("{url}: {e}") },
+    }
+}
