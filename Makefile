@@ -1,10 +1,12 @@
 # pcbridge — the commands the README promises.
 CARGO ?= cargo
 
-.PHONY: test lint fmt build release setup build-deps services
+.PHONY: test lint fmt build release setup build-deps services k8s
 
-## Run the whole test suite (starts or installs RabbitMQ first when needed).
+## Run the whole test suite (starts or installs RabbitMQ first when needed), after
+## validating the Kubernetes manifests.
 test: setup
+	bash .ci/k8s.sh
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --all-targets --no-fail-fast; \
 	else \
@@ -33,3 +35,7 @@ build-deps:
 
 services:
 	bash .ci/setup.sh services
+
+## Build and validate the Kubernetes overlays only.
+k8s:
+	bash .ci/k8s.sh

@@ -55,3 +55,20 @@ fn every_key_has_a_comment() {
         assert!(commented, "config.toml line {} has no comment above it: {t}", i + 1);
     }
 }
+
+#[test]
+fn kubernetes_config_is_valid_and_drains_within_the_grace_period() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/base");
+    let config = Config::load(&dir.join("config.toml"), true).expect("the ConfigMap's config.toml is valid");
+    assert_eq!(config.log.format, pcbridge::config::LogFormat::Json);
+    for role in ["ingress", "worker"] {
+        let manifest = std::fs::read_to_string(dir.join(format!("{role}-deployment.yaml"))).expect("deployment");
+        let grace: u64 = manifest
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("terminationGracePeriodSeconds");
+        assert!(grace * 1000 > config.shutdown.drain_deadline_ms, "{role}: grace {grace}s must exceed the drain deadline");
+        assert!(manifest.contains("/readyz") && manifest.contains("/healthz"), "{role}: probes on the admin port");
+    }
+}
