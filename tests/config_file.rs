@@ -68,7 +68,10 @@ fn kubernetes_config_is_valid_and_drains_within_the_grace_period() {
             .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
             .and_then(|v| v.trim().parse().ok())
             .expect("terminationGracePeriodSeconds");
-        assert!(grace * 1000 > config.shutdown.drain_deadline_ms, "{role}: grace {grace}s must exceed the drain deadline");
+        assert!(
+            grace * 1000 > config.shutdown.drain_deadline_ms,
+            "{role}: grace {grace}s must exceed the drain deadline"
+        );
         assert!(manifest.contains("/readyz") && manifest.contains("/healthz"), "{role}: probes on the admin port");
     }
 }

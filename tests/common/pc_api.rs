@@ -58,6 +58,8 @@ struct World {
     token_requests: Vec<(String, String)>,
     latency: Duration,
     failing_token_endpoint: u32,
+    /// `expires_in` of issued tokens (default 3599 s).
+    token_lifetime: Option<u64>,
     /// API requests being answered now, and the most at once.
     concurrent: usize,
     max_concurrent: usize,
@@ -97,6 +99,11 @@ impl PcApi {
     /// Adds a fixed latency to every API answer.
     pub fn set_latency(&self, latency: Duration) {
         self.world.lock().unwrap().latency = latency;
+    }
+
+    /// Issued tokens say they expire after `secs`.
+    pub fn set_token_lifetime(&self, secs: u64) {
+        self.world.lock().unwrap().token_lifetime = Some(secs);
     }
 
     /// The token endpoint answers 503 to the next `n` requests.
@@ -190,8 +197,9 @@ fn token(world: &Arc<Mutex<World>>, body: &[u8]) -> Response {
     }
     let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
     w.tokens.insert(token.clone(), (grant, scope));
+    let lifetime = w.token_lifetime.unwrap_or(3599);
     axum::Json(
-        json!({"token_type": "Bearer", "expires_in": 3599, "access_token": token, "refresh_token": REFRESH_TOKEN}),
+        json!({"token_type": "Bearer", "expires_in": lifetime, "access_token": token, "refresh_token": REFRESH_TOKEN}),
     )
     .into_response()
 }

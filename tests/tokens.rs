@@ -1,0 +1,77 @@
+//! Entra ID tokens: one request for a burst of callers, a new one before the old expires,
+//! one per grant and scope; and the worker consuming only the events it is told to.
+
+mod common;
+
+use common::pc_api::{self, PcApi};
+use pcbridge::{
+    config::{Config, Secret},
+    partner_center::token::{Grant, TokenProvider},
+};
+use std::time::Duration;
+
+fn provider(api: &PcApi) -> TokenProvider {
+    pcbridge::partner_center::install_crypto_provider();
+    TokenProvider::new(
+        reqwest::Client::new(),
+        &api.base,
+        "tenant-1",
+        pc_api::CLIENT_ID,
+        Some(Secret::new(pc_api::CLIENT_SECRET)),
+        Some(Secret::new(pc_api::REFRESH_TOKEN)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_flight_per_scope_and_refresh_before_expiry() {
+    let api = PcApi::start().await;
+    api.set_token_lifetime(2);
+    let tokens = provider(&api);
+    let calls = (0..50).map(|_| tokens.token(Grant::ClientCredentials, pc_api::PC_SCOPE));
+    let got: Vec<_> = futures::future::join_all(calls).await.into_iter().map(|r| r.expect("token")).collect();
+    assert_eq!(api.token_requests().len(), 1, "50 concurrent callers, one token request");
+    assert!(got.windows(2).all(|w| w[0] == w[1]));
+
+    // Another scope and another grant are tokens of their own.
+    tokens.token(Grant::ClientCredentials, pc_api::GRAPH_SCOPE).await.expect("graph token");
+    tokens.token(Grant::RefreshToken, pc_api::PC_SCOPE).await.expect("app+user token");
+    assert_eq!(api.token_requests().len(), 3);
+
+    // A 2 s token is replaced once half its life is gone, before it expires.
+    let first = got[0].clone();
+    assert_eq!(tokens.token(Grant::ClientCredentials, pc_api::PC_SCOPE).await.expect("cached"), first);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let renewed = tokens.token(Grant::ClientCredentials, pc_api::PC_SCOPE).await.expect("renewed");
+    assert_ne!(renewed, first, "refreshed before expiry");
+    assert_eq!(api.token_requests().len(), 4);
+    // A forgotten token (the API said 401) is fetched again at once.
+    tokens.invalidate(Grant::ClientCredentials, pc_api::PC_SCOPE);
+    tokens.token(Grant::ClientCredentials, pc_api::PC_SCOPE).await.expect("after invalidate");
+    assert_eq!(api.token_requests().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_problems_are_reported_not_retried_forever() {
+    let api = PcApi::start().await;
+    pcbridge::partner_center::install_crypto_provider();
+    let wrong =
+        TokenProvider::new(reqwest::Client::new(), &api.base, "t", "someone-else", Some(Secret::new("nope")), None);
+    let e = wrong.token(Grant::ClientCredentials, pc_api::PC_SCOPE).await.expect_err("refused");
+    assert!(!e.transient && e.to_string().contains("401"), "{e}");
+    let e = wrong.token(Grant::RefreshToken, pc_api::PC_SCOPE).await.expect_err("no refresh token");
+    assert!(!e.transient && e.to_string().contains("REFRESH_TOKEN"), "{e}");
+    api.fail_token_endpoint(1);
+    let e = provider(&api).token(Grant::ClientCredentials, pc_api::PC_SCOPE).await.expect_err("503");
+    assert!(e.transient, "{e}");
+}
+
+#[test]
+fn the_worker_consumes_the_configured_subset() {
+    let mut c = Config::default();
+    assert_eq!(pcbridge::worker::sources(&c).len(), 25, "the catalogue plus unrecognized");
+    c.worker.events = vec!["subscription-updated".into(), " referral-created ".into(), "subscription-updated".into()];
+    assert_eq!(
+        pcbridge::worker::sources(&c),
+        vec!["partnercenter.referral-created".to_string(), "partnercenter.subscription-updated".to_string()]
+    );
+}
