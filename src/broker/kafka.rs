@@ -241,6 +241,20 @@ pub fn producer_config(config: &Config, client_name: &str) -> ClientConfig {
     cc
 }
 
+/// Only a refusal of this very record is `Rejected` (sending it again cannot help);
+/// everything else — timeouts, broker or leader trouble, authorization being fixed — may
+/// pass on a later try.
+fn classify(e: &KafkaError, timeout: Duration) -> PublishError {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(C::MessageTimedOut) => PublishError::Timeout(timeout),
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidMessage | C::InvalidRecord) => {
+            PublishError::Rejected(e.to_string())
+        }
+        _ => PublishError::Unavailable(e.to_string()),
+    }
+}
+
 /// Settings shared by every client pcbridge makes (producer, admin, consumer).
 pub fn base_client_config(config: &Config, client_name: &str) -> ClientConfig {
     let mut cc = ClientConfig::new();
@@ -304,13 +318,7 @@ impl Publisher for Kafka {
             }
             Err((e, _)) => {
                 self.metrics.publish_duration.with_label_values(&["kafka", "error"]).observe(elapsed);
-                Err(match e.rdkafka_error_code() {
-                    Some(RDKafkaErrorCode::MessageTimedOut) => PublishError::Timeout(self.queue_timeout),
-                    Some(RDKafkaErrorCode::QueueFull) | Some(RDKafkaErrorCode::AllBrokersDown) => {
-                        PublishError::Unavailable(e.to_string())
-                    }
-                    _ => PublishError::Rejected(e.to_string()),
-                })
+                Err(classify(&e, self.queue_timeout))
             }
         }
     }
@@ -355,6 +363,24 @@ mod tests {
             }
             let made = Kafka::connect(&config, "test", Arc::new(Metrics::new()));
             assert!(made.is_ok(), "{protocol} {mechanism:?}: {:?}", made.err());
+        }
+    }
+
+    #[test]
+    fn only_refusals_of_the_record_itself_are_permanent() {
+        let t = Duration::from_secs(1);
+        let err = |code| KafkaError::MessageProduction(code);
+        assert!(matches!(classify(&err(RDKafkaErrorCode::MessageSizeTooLarge), t), PublishError::Rejected(_)));
+        assert!(matches!(classify(&err(RDKafkaErrorCode::InvalidRecord), t), PublishError::Rejected(_)));
+        assert!(matches!(classify(&err(RDKafkaErrorCode::MessageTimedOut), t), PublishError::Timeout(_)));
+        for transient in [
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::LeaderNotAvailable,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::QueueFull,
+        ] {
+            assert!(matches!(classify(&err(transient), t), PublishError::Unavailable(_)), "{transient:?}");
         }
     }
 

@@ -60,7 +60,8 @@ pub enum PublishError {
     /// been stored (a retry can duplicate it, which `pc-event-id` deduplicates).
     #[error("broker did not confirm within {0:?}")]
     Timeout(Duration),
-    /// The broker answered and refused the message (nack, unroutable, too large…).
+    /// The broker refused this very message (too large, invalid, unroutable even after
+    /// re-declaring its queue): publishing the same bytes again cannot succeed.
     #[error("broker refused the message: {0}")]
     Rejected(String),
 }

@@ -138,7 +138,8 @@ impl RabbitMq {
         match confirm.await.map_err(|e| self.link_error(e))? {
             Confirmation::Ack(None) => Ok(true),
             Confirmation::Ack(Some(_)) => Ok(false),
-            Confirmation::Nack(_) => Err(PublishError::Rejected("nacked by rabbitmq".into())),
+            // RabbitMQ nacks only on an internal error of the queue's process: transient.
+            Confirmation::Nack(_) => Err(PublishError::Unavailable("nacked by rabbitmq (internal error)".into())),
             Confirmation::NotRequested => Err(PublishError::Rejected("channel is not in confirm mode".into())),
         }
     }
