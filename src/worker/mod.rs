@@ -152,7 +152,11 @@ async fn process(state: &WorkerState, d: Delivery) {
     let duplicate = state.dedup.lock().unwrap_or_else(|p| p.into_inner()).contains(&who.event_id);
     if duplicate {
         tracing::info!(event_id = %who.event_id, "duplicate within the dedup window; not enriched again");
-        state.metrics.worker_events.with_label_values(&[&who.event_name, worker_outcome::DUPLICATE]).inc();
+        state
+            .metrics
+            .worker_events
+            .with_label_values(&[state.destinations.stem(&who.event_name), worker_outcome::DUPLICATE])
+            .inc();
         state.consumer.ack(d.ack).await;
         return;
     }
@@ -193,7 +197,7 @@ async fn process(state: &WorkerState, d: Delivery) {
     };
     state.consumer.ack(d.ack).await;
     state.dedup.lock().unwrap_or_else(|p| p.into_inner()).insert(&who.event_id);
-    state.metrics.worker_events.with_label_values(&[&who.event_name, outcome]).inc();
+    state.metrics.worker_events.with_label_values(&[state.destinations.stem(&who.event_name), outcome]).inc();
     tracing::info!(event_id = %who.event_id, event_name = %who.event_name, destination = %message.destination, outcome, "event done");
 }
 
