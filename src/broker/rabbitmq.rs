@@ -245,6 +245,17 @@ pub(crate) fn amqp_uri(rmq: &RabbitMqConfig, config: &Config) -> Result<AMQPUri,
     Ok(uri)
 }
 
+/// Delays between reconnection attempts: from 100 ms, doubling up to `max`, jittered so
+/// that many clients do not reconnect in step after a broker restart; never giving up.
+pub(crate) fn reconnect_delays(max: Duration) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Watches the link and re-opens it with exponential backoff (capped at
 /// `reconnect_max_delay`, jittered) whenever it breaks; ends when the broker is dropped.
 async fn supervise(weak: Weak<RabbitMq>) {
@@ -274,12 +285,7 @@ async fn supervise(weak: Weak<RabbitMq>) {
         tracing::warn!("rabbitmq connection lost; reconnecting");
         let max_delay = this.reconnect_max_delay;
         drop(this);
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(max_delay)
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut delays = reconnect_delays(max_delay);
         loop {
             let Some(this) = weak.upgrade() else { return };
             match this.open().await {

@@ -2,10 +2,9 @@
 //! manual acknowledgements, and reconnection with backoff. Deliveries not acknowledged
 //! when a channel closes are requeued by RabbitMQ and delivered again.
 
-use super::rabbitmq::{amqp_uri, declare_exchange, declare_queue};
+use super::rabbitmq::{amqp_uri, declare_exchange, declare_queue, reconnect_delays};
 use super::{AckInner, AckToken, Consumer, Delivery, SetupError, split_cloud_event};
 use crate::config::{Config, QueueType, redact_url};
-use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use futures::StreamExt;
 use lapin::{
@@ -135,12 +134,7 @@ async fn run(
 }
 
 async fn reconnect(s: &Settings, stop: &CancellationToken) -> Option<(Connection, Streams)> {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(s.reconnect_max_delay)
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = reconnect_delays(s.reconnect_max_delay);
     loop {
         match open(s).await {
             Ok(l) => {
