@@ -217,18 +217,34 @@ pub async fn probe(config: &Config) -> Result<String, SetupError> {
 /// properties, then [`ENFORCED`] (with a warning when the user asked otherwise).
 pub fn producer_config(config: &Config, client_name: &str) -> ClientConfig {
     let publish_timeout = config.ingress.publish_timeout().as_millis();
+    // librdkafka gives up on a record when the ingress does, so a 503'd event is not
+    // delivered later behind the sender's back.
+    let defaults = [
+        ("linger.ms", "1".to_string()),
+        ("message.timeout.ms", publish_timeout.to_string()),
+        ("request.timeout.ms", publish_timeout.clamp(1, 30_000).to_string()),
+    ];
+    client_config(config, client_name, &defaults, ENFORCED)
+}
+
+/// A client's settings, in order of precedence: `bootstrap.servers` and `client.id`,
+/// then the role's `defaults`, then the user's `kafka.properties`, then `enforced` —
+/// what the delivery guarantee rests on, which the user's properties cannot turn off.
+pub fn client_config(
+    config: &Config,
+    client_name: &str,
+    defaults: &[(&str, String)],
+    enforced: &[(&str, &str)],
+) -> ClientConfig {
     let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
-        .set("client.id", client_name)
-        .set("linger.ms", "1")
-        // librdkafka gives up on a record when the ingress does, so a 503'd event is
-        // not delivered later behind the sender's back.
-        .set("message.timeout.ms", publish_timeout.to_string())
-        .set("request.timeout.ms", publish_timeout.clamp(1, 30_000).to_string());
+    cc.set("bootstrap.servers", &config.kafka.bootstrap_servers).set("client.id", client_name);
+    for (k, v) in defaults {
+        cc.set(*k, v);
+    }
     for (k, v) in config.kafka.normalized_properties() {
         cc.set(k, v);
     }
-    for (k, v) in ENFORCED {
+    for (k, v) in enforced {
         if cc.get(k).is_some_and(|set| set != *v) {
             tracing::warn!(
                 property = k,
@@ -255,14 +271,9 @@ fn classify(e: &KafkaError, timeout: Duration) -> PublishError {
     }
 }
 
-/// Settings shared by every client pcbridge makes (producer, admin, consumer).
+/// Settings of the clients with no role-specific ones (admin, `check`).
 pub fn base_client_config(config: &Config, client_name: &str) -> ClientConfig {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &config.kafka.bootstrap_servers).set("client.id", client_name);
-    for (k, v) in config.kafka.normalized_properties() {
-        cc.set(k, v);
-    }
-    cc
+    client_config(config, client_name, &[], &[])
 }
 
 /// Kafka record headers for a message: its own headers, then the CloudEvents Kafka

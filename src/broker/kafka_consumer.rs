@@ -101,19 +101,16 @@ impl KafkaConsumer {
     ) -> Result<Self, SetupError> {
         let tracker = Arc::new(OffsetTracker::default());
         let ready = Arc::new(AtomicBool::new(false));
-        let mut cc = super::kafka::base_client_config(config, client_name);
-        cc.set("group.id", &config.worker.group_id)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", "5000")
-            .set("topic.metadata.refresh.interval.ms", "10000");
-        for (k, v) in config.kafka.normalized_properties() {
-            cc.set(k, v);
-        }
-        // The guarantee rests on these; the user's properties cannot turn them off.
-        cc.set("enable.auto.offset.store", "false");
+        let defaults = [
+            ("group.id", config.worker.group_id.clone()),
+            ("enable.auto.commit", "true".to_string()),
+            ("auto.commit.interval.ms", "1000".to_string()),
+            ("auto.offset.reset", "earliest".to_string()),
+            ("statistics.interval.ms", "5000".to_string()),
+            ("topic.metadata.refresh.interval.ms", "10000".to_string()),
+        ];
+        // Offsets are stored by `ack` alone, for finished work only.
+        let cc = super::kafka::client_config(config, client_name, &defaults, &[("enable.auto.offset.store", "false")]);
         let context = GroupContext {
             tracker: tracker.clone(),
             drain: config.shutdown.drain_deadline(),
