@@ -38,6 +38,9 @@ pub const CATALOGUE: [&str; 24] = [
     "azure-fraud-event-detected",
 ];
 
+/// The destination stem of event names that cannot be used verbatim.
+pub const UNRECOGNIZED: &str = "unrecognized";
+
 /// Longest event name used verbatim in a destination name.
 pub const MAX_EVENT_NAME_LEN: usize = 200;
 
@@ -138,7 +141,7 @@ impl Destinations {
     /// The name an event's destinations are built from: the event name when safe,
     /// `unrecognized` otherwise (the event is signed by Microsoft, so it is kept).
     pub fn stem<'a>(&self, event_name: &'a str) -> &'a str {
-        if is_safe_name(event_name) { event_name } else { "unrecognized" }
+        if is_safe_name(event_name) { event_name } else { UNRECOGNIZED }
     }
 
     /// `{prefix}{EventName}` (or `{prefix}unrecognized`).
@@ -158,7 +161,7 @@ impl Destinations {
 
     /// The raw destinations of every catalogue event plus `{prefix}unrecognized`.
     pub fn all_raw(&self) -> Vec<String> {
-        CATALOGUE.iter().map(|n| self.raw(n)).chain([self.raw("")]).collect()
+        CATALOGUE.iter().chain(&[UNRECOGNIZED]).map(|n| self.raw(n)).collect()
     }
 }
 

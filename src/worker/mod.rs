@@ -16,7 +16,7 @@ use crate::broker::{Consumer, Delivery, Message, PublishError, Publisher};
 use crate::config::Config;
 use crate::partner_center::{
     client::ApiClient,
-    event::{Destinations, Event, event_id},
+    event::{CATALOGUE, Destinations, Event, UNRECOGNIZED, event_id},
     resource::Resolver,
 };
 use crate::shutdown::CancellationToken;
@@ -52,17 +52,25 @@ pub struct WorkerState {
     pub abandon: CancellationToken,
 }
 
-/// The raw destinations a worker consumes: `worker.events`, or every catalogue event
-/// plus `unrecognized`.
+/// The event names a worker handles, as destination stems: `worker.events`, or every
+/// catalogue event plus `unrecognized`.
+pub fn stems(config: &Config) -> Vec<String> {
+    let d = Destinations::new(config.broker.prefix.clone());
+    let names: Vec<&str> = if config.worker.events.is_empty() {
+        CATALOGUE.iter().copied().chain([UNRECOGNIZED]).collect()
+    } else {
+        config.worker.events.iter().map(|e| e.trim()).collect()
+    };
+    let mut stems: Vec<String> = names.into_iter().map(|n| d.stem(n).to_string()).collect();
+    stems.sort();
+    stems.dedup();
+    stems
+}
+
+/// The raw destinations a worker consumes: `{prefix}{stem}` for each of [`stems`].
 pub fn sources(config: &Config) -> Vec<String> {
     let d = Destinations::new(config.broker.prefix.clone());
-    if config.worker.events.is_empty() {
-        return d.all_raw();
-    }
-    let mut names: Vec<String> = config.worker.events.iter().map(|e| d.raw(e.trim())).collect();
-    names.sort();
-    names.dedup();
-    names
+    stems(config).iter().map(|s| d.raw(s)).collect()
 }
 
 impl WorkerState {
@@ -208,7 +216,7 @@ fn identify(d: &Delivery) -> Identity {
         .header("pc-event-name")
         .map(str::to_string)
         .or_else(|| Event::parse(&d.body).ok().map(|e| e.name))
-        .unwrap_or_else(|| "unrecognized".into());
+        .unwrap_or_else(|| UNRECOGNIZED.into());
     let received_at = d.header("pc-received-at").unwrap_or_default().to_string();
     Identity { event_id, event_name, received_at }
 }
@@ -260,7 +268,7 @@ pub async fn serve(
 ) -> Result<(), String> {
     let state = Arc::new(WorkerState::new(config, consumer.clone(), publisher.clone(), metrics.clone())?);
     let d = &state.destinations;
-    let stems: Vec<String> = sources(config).iter().map(|s| s[config.broker.prefix.len()..].to_string()).collect();
+    let stems = stems(config);
     let outputs: Vec<String> = stems.iter().map(|s| d.enriched(s)).chain([d.dead_letter()]).collect();
     if let Err(e) = publisher.ensure_destinations(&outputs).await {
         tracing::warn!(error = %e, "could not create output destinations at start-up; will retry on first use");
