@@ -62,11 +62,7 @@ fn spawn_worker_process(config: &Config, api: &PcApi, admin_port: u16) -> Proc {
 async fn finished(admin_port: u16) -> usize {
     let url = format!("http://127.0.0.1:{admin_port}/metrics");
     let Ok(r) = reqwest::get(&url).await else { return 0 };
-    let text = r.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("pcbridge_worker_events_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as usize
+    worker_events_total(&r.text().await.unwrap_or_default()) as usize
 }
 
 async fn killed_mid_batch(kind: BrokerKind) {

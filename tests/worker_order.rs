@@ -107,7 +107,7 @@ async fn replicas_share_a_kafka_group_through_a_rebalance() {
     let first = spawn_worker(&config).await;
     // Let the first worker get going, then add a second replica.
     let started = std::time::Instant::now();
-    while first.metrics.render().lines().all(|l| !l.starts_with("pcbridge_worker_events_total{")) {
+    while worker_events_total(&first.metrics.render()) == 0 {
         assert!(started.elapsed() < Duration::from_secs(30), "first worker never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -124,14 +124,7 @@ async fn replicas_share_a_kafka_group_through_a_rebalance() {
     };
     assert_eq!(seen.len(), n, "every event enriched");
     assert_eq!(seen, ids);
-    let count = |w: &TestWorker| -> u64 {
-        w.metrics
-            .render()
-            .lines()
-            .filter(|l| l.starts_with("pcbridge_worker_events_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    };
+    let count = |w: &TestWorker| worker_events_total(&w.metrics.render());
     let (a, b) = (count(&first), count(&second));
     eprintln!("first worker: {a} events, second: {b}, outputs: {} for {n} events", got.len());
     assert!(a > 0 && b > 0, "both replicas got partitions: {a} / {b}");

@@ -592,6 +592,15 @@ impl TestWorker {
     }
 }
 
+/// Events a worker finished, summed over `pcbridge_worker_events_total` in metrics text.
+pub fn worker_events_total(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("pcbridge_worker_events_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// Output destinations of a test (enriched for every catalogue event, and dead letters).
 pub fn output_queues(config: &Config) -> Vec<String> {
     let d = Destinations::new(config.broker.prefix.clone());
