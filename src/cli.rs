@@ -26,6 +26,11 @@ pub enum Command {
     Ingress,
     /// Consume raw events, enrich them from the Partner Center API, publish them enriched.
     Worker,
+    /// The whole pipeline on this machine: embedded Kafka (or RabbitMQ), ingress, worker
+    /// and a Partner Center simulator sending signed events.
+    Dev(crate::dev::run::DevArgs),
+    /// Send signed test events to a running ingress, as Partner Center would.
+    Simulate(crate::dev::simulate::SimulateArgs),
     /// Validate the configuration and reach every dependency it names; exit 1 on failure.
     Check {
         /// Also fetch and validate this signing-certificate URL.
@@ -42,13 +47,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let config = Config::load(&path, required)?;
     let style = if config.log.format == LogFormat::Json { LogStyle::Json } else { LogStyle::Text };
-    init_tracing(style, &config.log.level);
-    if !required && !path.exists() {
+    // The interactive commands print for a person; their logs only speak up on trouble.
+    let level = match cli.command {
+        // (librdkafka's configuration warnings are noise against the embedded broker.)
+        Command::Dev(_) | Command::Simulate(_) => "warn,librdkafka=error",
+        _ => config.log.level.as_str(),
+    };
+    init_tracing(style, level);
+    let interactive = matches!(cli.command, Command::Dev(_) | Command::Simulate(_));
+    if !required && !path.exists() && !interactive {
         tracing::warn!("no config.toml in the working directory; using defaults and PCBRIDGE_* variables");
     }
     match cli.command {
         Command::Ingress => run_ingress(config).await,
         Command::Worker => run_worker(config).await,
+        Command::Dev(args) => {
+            crate::dev::run::run(config, args, shutdown::on_signal()).await.map_err(anyhow::Error::msg)
+        }
+        Command::Simulate(args) => {
+            crate::dev::simulate::run(args, shutdown::on_signal()).await.map_err(anyhow::Error::msg)
+        }
         Command::Check { certificate_url } => {
             let source = if path.exists() { path.display().to_string() } else { "defaults and environment".into() };
             let checks = crate::check::run(&config, &source, certificate_url.as_deref()).await;

@@ -15,6 +15,7 @@
 //! - [`broker`]: how messages move, knowing nothing of Partner Center.
 //! - [`ingress`]: the HTTP front. It meets the rest only through [`broker`].
 //! - [`worker`]: consumes raw events, enriches them, publishes enriched events or dead letters.
+//! - [`dev`]: the Partner Center simulator, `pcbridge dev` and `pcbridge simulate`.
 //! - [`check`]: `pcbridge check`, reaching every dependency the configuration names.
 //! - [`cli`]: the `pcbridge` command line and the wiring of each role.
 
@@ -23,6 +24,7 @@ pub mod broker;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod dev;
 pub mod ingress;
 pub mod partner_center;
 pub mod shutdown;

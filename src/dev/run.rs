@@ -1,0 +1,363 @@
+//! `pcbridge dev`: the whole pipeline in one process. An embedded Kafka (librdkafka's
+//! mock cluster) or the configured RabbitMQ, the real ingress and worker, the simulator
+//! as Partner Center, and a downstream reader of the enriched and dead-letter
+//! destinations that reports each event's fate.
+//!
+//! Only configuration ties them together: the ingress trusts the simulator's CA, issuer
+//! and certificate URL; the worker's API, Graph and token base URLs point at it.
+
+use super::pki::{ORGANIZATION, Pki};
+use super::report::{Outcome, Tracker, human};
+use super::sender::{SendOptions, print_progress, send};
+use super::simulator::{self, Simulator};
+use crate::broker::{self, Consumer};
+use crate::config::{BrokerKind, Config, Secret};
+use crate::ingress::message::HEADER_EVENT_ID;
+use crate::partner_center::event::Destinations;
+use crate::telemetry::Metrics;
+use crate::worker::{self, output};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// `pcbridge dev` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// The broker: the embedded Kafka, or the RabbitMQ at rabbitmq.url.
+    #[arg(long, value_enum, default_value = "kafka")]
+    pub broker: DevBroker,
+    /// Events per second.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Events to send.
+    #[arg(long, default_value_t = 100, conflicts_with = "forever")]
+    pub count: u64,
+    /// Send until Ctrl-C.
+    #[arg(long)]
+    pub forever: bool,
+    /// No line per event: progress and the summary only.
+    #[arg(long)]
+    pub quiet: bool,
+    /// The ingress's webhook listener.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The ingress's admin listener (/metrics); the worker's is the next free port.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Percentage of API requests the simulator throttles (429, Retry-After: 1).
+    #[arg(long, default_value_t = 5)]
+    pub throttle_percent: u32,
+    /// Percentage of resources that are gone (404) when the worker fetches them.
+    #[arg(long, default_value_t = 2)]
+    pub gone_percent: u32,
+    /// Destination prefix on RabbitMQ (kept apart from real destinations).
+    #[arg(long, default_value = "pcbridge-dev.")]
+    pub rabbitmq_prefix: String,
+    /// Seconds to wait for the last outcomes after sending stopped.
+    #[arg(long, default_value_t = 60)]
+    pub wait_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DevBroker {
+    Kafka,
+    Rabbitmq,
+}
+
+/// A `pcbridge dev` failure, phrased for the person who ran it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DevError(pub String);
+
+/// Runs the demonstration; an error when an event was refused or never came out.
+pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) -> Result<(), DevError> {
+    let err = |m: String| DevError(m);
+    let pki = Pki::generate().map_err(|e| err(format!("cannot create the simulator's certificates: {e}")))?;
+    let options = simulator::Options {
+        throttle_percent: args.throttle_percent.min(100),
+        gone_percent: args.gone_percent.min(100),
+        ..Default::default()
+    };
+    let sim = Simulator::start(pki, options).await.map_err(|e| err(e.to_string()))?;
+    let workdir = std::env::temp_dir().join(format!("pcbridge-dev-{}", std::process::id()));
+    let anchors = write_ca(&sim, &workdir)?;
+
+    // The embedded Kafka lives as long as this function.
+    let mock = match args.broker {
+        DevBroker::Kafka => Some(
+            rdkafka::mocking::MockCluster::new(1)
+                .map_err(|e| err(format!("cannot start the embedded Kafka (librdkafka mock cluster): {e}")))?,
+        ),
+        DevBroker::Rabbitmq => None,
+    };
+    let config = dev_config(config, &args, &sim, &anchors, mock.as_ref().map(|m| m.bootstrap_servers()));
+    config.validate().map_err(|e| err(format!("the dev configuration is invalid: {e}")))?;
+    if let Some(mock) = &mock {
+        for topic in all_destinations(&config) {
+            mock.create_topic(&topic, config.kafka.partitions, 1)
+                .map_err(|e| err(format!("cannot create topic {topic} in the embedded Kafka: {e}")))?;
+        }
+    }
+
+    let pipeline = Pipeline::start(&config, &args).await?;
+    let broker_line = match &mock {
+        Some(m) => format!("embedded Kafka (librdkafka mock cluster) at {}", m.bootstrap_servers()),
+        None => format!(
+            "RabbitMQ at {} (exchange {}, prefix {})",
+            config.rabbitmq.url, config.rabbitmq.exchange, config.broker.prefix
+        ),
+    };
+    let webhook = format!("http://{}{}", pipeline.webhook_addr, crate::ingress::WEBHOOK_PATH);
+    println!("pcbridge dev — the whole pipeline in this process");
+    println!("  broker     {broker_line}");
+    println!("  ingress    {webhook}   (metrics http://{}/metrics)", pipeline.ingress_admin);
+    println!("  worker     metrics http://{}/metrics", pipeline.worker_admin);
+    println!(
+        "  simulator  {} (Partner Center API, Graph, Entra ID; certificate {})",
+        sim.base_url(),
+        sim.certificate_url()
+    );
+    let amount = if args.forever { "until Ctrl-C".to_string() } else { format!("{} events", args.count) };
+    println!(
+        "Sending {amount} at {} events/s. Each line: sent → published (ingress answered 2xx after the broker confirmed) → enriched or dead-lettered (read from the output destination).\n",
+        args.rate
+    );
+
+    let tracker = Arc::new(Tracker::new(true, !args.quiet));
+    let observer = tokio::spawn(observe(
+        pipeline.observer.clone(),
+        tracker.clone(),
+        Destinations::new(config.broker.prefix.clone()).dead_letter(),
+    ));
+    let progress_stop = CancellationToken::new();
+    let progress = tokio::spawn(print_progress(tracker.clone(), Duration::from_secs(5), progress_stop.clone()));
+    let send_options = SendOptions {
+        target: webhook,
+        rate: args.rate,
+        count: (!args.forever).then_some(args.count),
+        ms_signature_header: false,
+        seed: fastrand::u64(..),
+        timeout: Duration::from_secs(10),
+    };
+    send(&sim, tracker.clone(), &send_options, interrupt.clone()).await;
+
+    let wait = if interrupt.is_cancelled() { Duration::from_secs(10) } else { Duration::from_secs(args.wait_secs) };
+    let deadline = tokio::time::Instant::now() + wait;
+    while tracker.totals().waiting() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    progress_stop.cancel();
+    let _ = progress.await;
+    print!("{}", tracker.summary());
+    let stats = sim.stats();
+    println!(
+        "  simulator: {} API requests ({} throttled), {} token requests, {} certificate downloads",
+        stats.api_requests, stats.throttled, stats.token_requests, stats.certificate_downloads
+    );
+    pipeline.stop().await;
+    observer.abort();
+    let _ = std::fs::remove_dir_all(&workdir);
+    drop(mock);
+
+    let totals = tracker.totals();
+    let refused: u64 = totals.refused.values().sum();
+    match (refused, totals.waiting()) {
+        (0, 0) => Ok(()),
+        (r, w) => Err(err(format!(
+            "{r} events were refused by the ingress and {w} published events did not come out within {}",
+            human(wait)
+        ))),
+    }
+}
+
+/// The ingress, the worker and the downstream reader.
+struct Pipeline {
+    webhook_addr: SocketAddr,
+    ingress_admin: SocketAddr,
+    worker_admin: SocketAddr,
+    observer: Arc<dyn Consumer>,
+    stop: CancellationToken,
+    roles: Vec<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl Pipeline {
+    async fn start(config: &Config, args: &DevArgs) -> Result<Self, DevError> {
+        let err = |m: String| DevError(m);
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr).await.map_err(|e| {
+                DevError(format!(
+                    "cannot listen on {addr} for the {what}: {e} (choose another with --listen / --admin-listen)"
+                ))
+            })
+        };
+        let listener = bind(args.listen, "ingress").await?;
+        let ingress_admin_listener = bind(args.admin_listen, "ingress admin").await?;
+        let worker_admin_listener = bind(SocketAddr::new(args.admin_listen.ip(), 0), "worker admin").await?;
+        let addr = |l: &TcpListener| l.local_addr().map_err(|e| err(format!("listener address: {e}")));
+        let (webhook_addr, ingress_admin, worker_admin) =
+            (addr(&listener)?, addr(&ingress_admin_listener)?, addr(&worker_admin_listener)?);
+        let stop = CancellationToken::new();
+        let broker_err = |role: &str, e: broker::SetupError| {
+            DevError(format!("cannot start the {role}'s {} connection: {e}", config.broker.kind))
+        };
+
+        let metrics = Arc::new(Metrics::new());
+        let publisher = broker::connect(config, "pcbridge-dev-ingress", metrics.clone())
+            .await
+            .map_err(|e| broker_err("ingress", e))?;
+        let (c, s) = (config.clone(), stop.clone());
+        let ingress = tokio::spawn(async move {
+            crate::ingress::serve(&c, listener, ingress_admin_listener, publisher, metrics, s).await
+        });
+
+        let metrics = Arc::new(Metrics::new());
+        let publisher = broker::connect(config, "pcbridge-dev-worker", metrics.clone())
+            .await
+            .map_err(|e| broker_err("worker", e))?;
+        let consumer = broker::consume(config, worker::sources(config), "pcbridge-dev-worker", metrics.clone())
+            .await
+            .map_err(|e| broker_err("worker", e))?;
+        let (c, s) = (config.clone(), stop.clone());
+        let worker = tokio::spawn(async move {
+            crate::worker::serve(&c, worker_admin_listener, consumer, publisher, metrics, s).await
+        });
+
+        let mut reader = config.clone();
+        reader.worker.group_id = "pcbridge-dev-downstream".into();
+        let d = Destinations::new(config.broker.prefix.clone());
+        let outputs: Vec<String> =
+            worker::stems(config).iter().map(|s| d.enriched(s)).chain([d.dead_letter()]).collect();
+        let observer = broker::consume(&reader, outputs, "pcbridge-dev-downstream", Arc::new(Metrics::new()))
+            .await
+            .map_err(|e| broker_err("downstream reader", e))?;
+        let pipeline = Self { webhook_addr, ingress_admin, worker_admin, observer, stop, roles: vec![ingress, worker] };
+        pipeline.wait_ready(Duration::from_secs(60)).await?;
+        Ok(pipeline)
+    }
+
+    /// Waits until the ingress and the worker answer `/readyz` (broker connected,
+    /// partitions assigned) and the downstream reader is consuming, so that the first
+    /// events do not measure a consumer group forming.
+    async fn wait_ready(&self, limit: Duration) -> Result<(), DevError> {
+        let http = reqwest::Client::new();
+        let ready = |addr: SocketAddr| {
+            let request = http.get(format!("http://{addr}/readyz")).timeout(Duration::from_secs(1)).send();
+            async move { request.await.is_ok_and(|r| r.status().is_success()) }
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        eprint!("Starting: waiting for the ingress, the worker and the downstream reader to be ready…");
+        loop {
+            let (i, w) = (ready(self.ingress_admin).await, ready(self.worker_admin).await);
+            if i && w && self.observer.is_ready() {
+                eprintln!(" ready.");
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                eprintln!();
+                return Err(DevError(format!(
+                    "not ready after {}: ingress {}, worker {}, downstream reader {} — is the broker reachable?",
+                    human(limit),
+                    if i { "ready" } else { "not ready" },
+                    if w { "ready" } else { "not ready" },
+                    if self.observer.is_ready() { "ready" } else { "not ready" },
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for role in self.roles {
+            match role.await {
+                Ok(Err(e)) => eprintln!("{e}"),
+                Err(e) => eprintln!("a role stopped abnormally: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+        self.observer.close().await;
+    }
+}
+
+/// Reads enriched messages and dead letters as a downstream service would.
+async fn observe(consumer: Arc<dyn Consumer>, tracker: Arc<Tracker>, dead_letter: String) {
+    while let Some(d) = consumer.recv().await {
+        let id = d.header(HEADER_EVENT_ID).unwrap_or_default().to_string();
+        let attempts = |v: Option<&str>| v.and_then(|a| a.parse().ok()).unwrap_or(0);
+        let outcome = if d.destination == dead_letter {
+            let kind = d.header(output::HEADER_ERROR_KIND).unwrap_or("unknown").to_string();
+            Outcome::DeadLettered { kind, attempts: attempts(d.header(output::HEADER_ATTEMPTS)) }
+        } else {
+            let body: serde_json::Value = serde_json::from_slice(&d.body).unwrap_or_default();
+            let e = &body["enrichment"];
+            let status = e["status"].as_str().unwrap_or("unknown").to_string();
+            Outcome::Enriched { status, attempts: e["attempts"].as_u64().unwrap_or(0) }
+        };
+        consumer.ack(d.ack).await;
+        tracker.observed(&id, outcome);
+    }
+}
+
+/// Every destination of the pipeline (created up front in the embedded Kafka, which
+/// has no CreateTopics).
+fn all_destinations(config: &Config) -> Vec<String> {
+    let d = Destinations::new(config.broker.prefix.clone());
+    let stems = worker::stems(config);
+    let mut all: Vec<String> = stems.iter().map(|s| d.raw(s)).collect();
+    all.extend(stems.iter().map(|s| d.enriched(s)));
+    all.push(d.dead_letter());
+    all
+}
+
+fn write_ca(sim: &Simulator, dir: &std::path::Path) -> Result<PathBuf, DevError> {
+    let pem = sim.ca_pem().map_err(|e| DevError(e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|e| DevError(format!("cannot create {}: {e}", dir.display())))?;
+    let path = dir.join("simulator-ca.pem");
+    std::fs::write(&path, pem).map_err(|e| DevError(format!("cannot write {}: {e}", path.display())))?;
+    Ok(path)
+}
+
+/// The user's configuration, pointed at the simulator and the dev broker.
+fn dev_config(
+    mut c: Config,
+    args: &DevArgs,
+    sim: &Simulator,
+    anchors: &std::path::Path,
+    bootstrap: Option<String>,
+) -> Config {
+    c.signature.trusted_certificate_url_prefixes = vec![sim.certificate_prefix()];
+    c.signature.extra_trust_anchors_file = anchors.display().to_string();
+    c.signature.issuer_organization = ORGANIZATION.to_string();
+    let pc = &mut c.partner_center;
+    pc.base_url = sim.base_url().to_string();
+    pc.graph_base_url = sim.base_url().to_string();
+    pc.token_base_url = sim.base_url().to_string();
+    pc.tenant_id = simulator::TENANT_ID.into();
+    pc.client_id = simulator::CLIENT_ID.into();
+    pc.client_secret = Secret::new(simulator::CLIENT_SECRET);
+    pc.refresh_token = Secret::new(simulator::REFRESH_TOKEN);
+    pc.client_secret_file.clear();
+    pc.refresh_token_file.clear();
+    c.ingress.listen = args.listen;
+    c.admin.listen = args.admin_listen;
+    c.worker.events.clear();
+    c.shutdown.drain_deadline_ms = c.shutdown.drain_deadline_ms.min(5_000);
+    match bootstrap {
+        Some(bootstrap) => {
+            c.broker.kind = BrokerKind::Kafka;
+            c.kafka.bootstrap_servers = bootstrap;
+            c.kafka.create_topics = false;
+            c.kafka.partitions = 3;
+            c.kafka.replication_factor = 1;
+            // Not the user's cluster settings (SASL…): the embedded broker has none.
+            c.kafka.properties.clear();
+            c.kafka.properties.insert("fetch.wait.max.ms".into(), "10".into());
+        }
+        None => {
+            c.broker.kind = BrokerKind::Rabbitmq;
+            c.broker.prefix = args.rabbitmq_prefix.clone();
+            c.rabbitmq.exchange = args.rabbitmq_prefix.trim_end_matches('.').to_string();
+        }
+    }
+    c
+}
