@@ -31,6 +31,9 @@ pub enum Command {
     Dev(crate::dev::run::DevArgs),
     /// Send signed test events to a running ingress, as Partner Center would.
     Simulate(crate::dev::simulate::SimulateArgs),
+    /// Partner Center's webhook registration: show, events, create, update, test, status.
+    #[command(subcommand)]
+    Register(crate::register::RegisterCommand),
     /// Validate the configuration and reach every dependency it names; exit 1 on failure.
     Check {
         /// Also fetch and validate this signing-certificate URL.
@@ -50,11 +53,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // The interactive commands print for a person; their logs only speak up on trouble.
     let level = match cli.command {
         // (librdkafka's configuration warnings are noise against the embedded broker.)
-        Command::Dev(_) | Command::Simulate(_) => "warn,librdkafka=error",
+        Command::Dev(_) | Command::Simulate(_) | Command::Register(_) => "warn,librdkafka=error",
         _ => config.log.level.as_str(),
     };
     init_tracing(style, level);
-    let interactive = matches!(cli.command, Command::Dev(_) | Command::Simulate(_));
+    let interactive = matches!(cli.command, Command::Dev(_) | Command::Simulate(_) | Command::Register(_));
     if !required && !path.exists() && !interactive {
         tracing::warn!("no config.toml in the working directory; using defaults and PCBRIDGE_* variables");
     }
@@ -66,6 +69,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Simulate(args) => {
             crate::dev::simulate::run(args, shutdown::on_signal()).await.map_err(anyhow::Error::msg)
+        }
+        Command::Register(command) => {
+            let out = crate::register::run(&config, command).await.map_err(anyhow::Error::msg)?;
+            print!("{out}");
+            Ok(())
         }
         Command::Check { certificate_url } => {
             let source = if path.exists() { path.display().to_string() } else { "defaults and environment".into() };

@@ -17,6 +17,7 @@
 //! - [`worker`]: consumes raw events, enriches them, publishes enriched events or dead letters.
 //! - [`dev`]: the Partner Center simulator, `pcbridge dev` and `pcbridge simulate`.
 //! - [`check`]: `pcbridge check`, reaching every dependency the configuration names.
+//! - [`register`]: `pcbridge register`, the webhook registration with Partner Center.
 //! - [`cli`]: the `pcbridge` command line and the wiring of each role.
 
 pub mod admin;
@@ -27,6 +28,7 @@ pub mod config;
 pub mod dev;
 pub mod ingress;
 pub mod partner_center;
+pub mod register;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

@@ -1,4 +1,4 @@
-//! Authenticated GETs to the Partner Center API, Microsoft Graph and the fraud events
+//! Authenticated requests (GETs, and the registration API's POST/PUT) to the Partner Center API, Microsoft Graph and the fraud events
 //! API. Every request carries `Authorization: Bearer`, `Accept: application/json`, a new
 //! `MS-CorrelationId` and the caller's `MS-RequestId` (stable across the retries of one
 //! call). Requests go only to the configured base URLs and follow no redirects, so the
@@ -132,6 +132,19 @@ impl ApiClient {
     /// `GET {base}{path_and_query}`. `request_id` must stay the same across the retries
     /// of one call.
     pub async fn get(&self, api: Api, path_and_query: &str, request_id: Uuid) -> Result<Fetched, FetchError> {
+        self.call(http::Method::GET, api, path_and_query, None, request_id).await
+    }
+
+    /// `{method} {base}{path_and_query}` with an optional JSON body (the registration
+    /// API's POST and PUT).
+    pub async fn call(
+        &self,
+        method: http::Method,
+        api: Api,
+        path_and_query: &str,
+        body: Option<&Value>,
+        request_id: Uuid,
+    ) -> Result<Fetched, FetchError> {
         let (base, grant, scope) = self.route(api);
         let token = self.tokens.token(grant, scope).await.map_err(|e| {
             let class = if e.transient { ErrorClass::Transient { retry_after: None } } else { ErrorClass::Permanent };
@@ -140,7 +153,7 @@ impl ApiClient {
         let url = format!("{base}{path_and_query}");
         let mut request = self
             .http
-            .get(&url)
+            .request(method.clone(), &url)
             .bearer_auth(token.expose())
             .header(http::header::ACCEPT, "application/json")
             .header("MS-CorrelationId", Uuid::new_v4().to_string())
@@ -148,8 +161,13 @@ impl ApiClient {
         if api == Api::Fraud {
             request = request.header("X-NewEventsModel", "true");
         }
+        if let Some(body) = body {
+            request = request
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(serde_json::to_vec(body).unwrap_or_default());
+        }
         let started = Instant::now();
-        let result = self.send(request, &url).await;
+        let result = self.send(request, &method, &url).await;
         let status = match &result {
             Ok(Fetched::Found(_)) => "200".to_string(),
             Ok(Fetched::Gone) => "404".to_string(),
@@ -166,11 +184,16 @@ impl ApiClient {
         result
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder, url: &str) -> Result<Fetched, FetchError> {
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        method: &http::Method,
+        url: &str,
+    ) -> Result<Fetched, FetchError> {
         let mut response = request
             .send()
             .await
-            .map_err(|e| FetchError::transient(format!("GET {url}: {}", describe(&e)), None, None))?;
+            .map_err(|e| FetchError::transient(format!("{method} {url}: {}", describe(&e)), None, None))?;
         let status = response.status();
         let code = status.as_u16();
         if code == 404 {
@@ -180,24 +203,27 @@ impl ApiClient {
         if !status.is_success() {
             let detail = read_limited(&mut response, 2048).await.unwrap_or_else(|_| b"(unreadable body)".to_vec());
             let detail: String = String::from_utf8_lossy(&detail).chars().take(300).collect();
-            let message = format!("GET {url} answered {status}: {}", detail.trim());
+            let message = format!("{method} {url} answered {status}: {}", detail.trim());
             return Err(match code {
                 408 | 429 | 401 | 500..=599 => FetchError::transient(message, Some(code), retry_after),
                 _ => FetchError::permanent(message, Some(code)),
             });
         }
         let body = read_limited(&mut response, MAX_RESPONSE_BYTES).await.map_err(|e| match e {
-            BodyError::TooLarge => {
-                FetchError::permanent(format!("GET {url}: answer larger than {MAX_RESPONSE_BYTES} bytes"), Some(code))
+            BodyError::TooLarge => FetchError::permanent(
+                format!("{method} {url}: answer larger than {MAX_RESPONSE_BYTES} bytes"),
+                Some(code),
+            ),
+            BodyError::Read(e) => {
+                FetchError::transient(format!("{method} {url}: reading the body: {e}"), Some(code), None)
             }
-            BodyError::Read(e) => FetchError::transient(format!("GET {url}: reading the body: {e}"), Some(code), None),
         })?;
         if body.is_empty() {
             return Ok(Fetched::Found(Value::Null));
         }
         serde_json::from_slice(&body)
             .map(Fetched::Found)
-            .map_err(|e| FetchError::permanent(format!("GET {url}: the answer is not JSON: {e}"), Some(code)))
+            .map_err(|e| FetchError::permanent(format!("{method} {url}: the answer is not JSON: {e}"), Some(code)))
     }
 }
 

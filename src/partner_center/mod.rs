@@ -1,11 +1,14 @@
 //! What Partner Center is, knowing nothing of brokers: the webhook event and its
 //! destination names ([`event`]), signature verification ([`signature`]) and the
-//! signing-certificate store behind it ([`certificate`]).
+//! signing-certificate store behind it ([`certificate`]); the APIs the worker calls
+//! ([`client`], [`token`], [`resource`], [`fraud`]) and the webhook registration API
+//! ([`registration`], for `pcbridge register`).
 
 pub mod certificate;
 pub mod client;
 pub mod event;
 pub mod fraud;
+pub mod registration;
 pub mod resource;
 pub mod signature;
 pub mod token;

@@ -23,7 +23,7 @@ use pcbridge::{
 };
 use rdkafka::{
     ClientConfig, Message as _,
-    consumer::{Consumer, StreamConsumer},
+    consumer::{BaseConsumer, Consumer, StreamConsumer},
     message::Headers,
 };
 use std::{
@@ -107,11 +107,17 @@ impl Pc {}
 
 /// A configuration for a test ingress.
 pub fn config(kind: BrokerKind, pc: &Pc, bootstrap: &str) -> Config {
+    config_trusting(kind, &pc.certs.prefix, &pc.anchors_file, bootstrap)
+}
+
+/// A configuration for a test ingress that trusts certificates under `prefix` chaining
+/// to the anchors in `anchors_file`.
+pub fn config_trusting(kind: BrokerKind, prefix: &str, anchors_file: &std::path::Path, bootstrap: &str) -> Config {
     let mut c = Config::default();
     c.broker.kind = kind;
     c.broker.prefix = unique_prefix();
-    c.signature.trusted_certificate_url_prefixes = vec![pc.certs.prefix.clone()];
-    c.signature.extra_trust_anchors_file = pc.anchors_file.display().to_string();
+    c.signature.trusted_certificate_url_prefixes = vec![prefix.to_string()];
+    c.signature.extra_trust_anchors_file = anchors_file.display().to_string();
     c.signature.fetch_timeout_ms = 1_000;
     c.ingress.publish_timeout_ms = 2_000;
     c.ingress.request_timeout_ms = 8_000;
@@ -304,8 +310,15 @@ pub async fn kafka_read_settled(bootstrap: &str, topics: &[&str], expect: usize,
 
 /// Every message under a prefix on Kafka (waits `wait` for stragglers).
 pub async fn kafka_count_prefix(bootstrap: &str, prefix: &str, wait: Duration) -> usize {
-    let regex = format!("^{}.*", prefix.replace('.', "\\."));
-    kafka_read(bootstrap, &[regex.as_str()], usize::MAX, wait).await.len()
+    // Every topic under the prefix, read by assignment (a regex subscription would wait
+    // for the mock coordinator's group join and could see nothing in time).
+    let lister: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("consumer");
+    let metadata = lister.fetch_metadata(None, Duration::from_secs(5)).expect("cluster metadata");
+    let topics: Vec<String> =
+        metadata.topics().iter().map(|t| t.name().to_string()).filter(|n| n.starts_with(prefix)).collect();
+    assert!(!topics.is_empty(), "no topic under {prefix}: nothing can have been counted");
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    kafka_read(bootstrap, &names, usize::MAX, wait).await.len()
 }
 
 pub async fn rabbit() -> Connection {
@@ -441,7 +454,13 @@ impl Bus {
     /// A test configuration; on Kafka the test's topics are created in the mock cluster
     /// first (what `kafka.create_topics` does on a real cluster, which the mock lacks).
     pub fn config(&self, pc: &Pc) -> Config {
-        let c = config(self.kind(), pc, &self.bootstrap());
+        self.config_trusting(&pc.certs.prefix, &pc.anchors_file)
+    }
+
+    /// [`Bus::config`] for an ingress that trusts another certificate source (the
+    /// product's own simulator).
+    pub fn config_trusting(&self, prefix: &str, anchors_file: &std::path::Path) -> Config {
+        let c = config_trusting(self.kind(), prefix, anchors_file, &self.bootstrap());
         if let Bus::Kafka(mock) = self {
             let d = Destinations::new(c.broker.prefix.clone());
             for topic in d.all_raw().into_iter().chain(output_queues(&c)) {
