@@ -34,6 +34,8 @@ pub enum Command {
     /// Partner Center's webhook registration: show, events, create, update, test, status.
     #[command(subcommand)]
     Register(crate::register::RegisterCommand),
+    /// Publish dead letters back to their raw destination (filters, --dry-run).
+    Replay(crate::replay::ReplayArgs),
     /// Validate the configuration and reach every dependency it names; exit 1 on failure.
     Check {
         /// Also fetch and validate this signing-certificate URL.
@@ -53,11 +55,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // The interactive commands print for a person; their logs only speak up on trouble.
     let level = match cli.command {
         // (librdkafka's configuration warnings are noise against the embedded broker.)
-        Command::Dev(_) | Command::Simulate(_) | Command::Register(_) => "warn,librdkafka=error",
+        Command::Dev(_) | Command::Simulate(_) | Command::Register(_) | Command::Replay(_) => "warn,librdkafka=error",
         _ => config.log.level.as_str(),
     };
     init_tracing(style, level);
-    let interactive = matches!(cli.command, Command::Dev(_) | Command::Simulate(_) | Command::Register(_));
+    let interactive =
+        matches!(cli.command, Command::Dev(_) | Command::Simulate(_) | Command::Register(_) | Command::Replay(_));
     if !required && !path.exists() && !interactive {
         tracing::warn!("no config.toml in the working directory; using defaults and PCBRIDGE_* variables");
     }
@@ -72,6 +75,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Register(command) => {
             let out = crate::register::run(&config, command).await.map_err(anyhow::Error::msg)?;
+            print!("{out}");
+            Ok(())
+        }
+        Command::Replay(args) => {
+            let out = crate::replay::run(&config, args).await.map_err(anyhow::Error::msg)?;
             print!("{out}");
             Ok(())
         }

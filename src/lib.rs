@@ -18,6 +18,7 @@
 //! - [`dev`]: the Partner Center simulator, `pcbridge dev` and `pcbridge simulate`.
 //! - [`check`]: `pcbridge check`, reaching every dependency the configuration names.
 //! - [`register`]: `pcbridge register`, the webhook registration with Partner Center.
+//! - [`replay`]: `pcbridge replay`, dead letters back to their raw destination.
 //! - [`cli`]: the `pcbridge` command line and the wiring of each role.
 
 pub mod admin;
@@ -29,6 +30,7 @@ pub mod dev;
 pub mod ingress;
 pub mod partner_center;
 pub mod register;
+pub mod replay;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

@@ -6,6 +6,8 @@
 //! done ([`OffsetTracker`]), and librdkafka's auto-commit writes what was stored. On a
 //! revocation the poll thread waits (up to the drain deadline) for the revoked
 //! partitions' in-flight work before letting them go; on close it commits synchronously.
+//!
+//! [`KafkaBacklog`] reads a topic's records once, by assignment, for `pcbridge replay`.
 
 use super::offsets::OffsetTracker;
 use super::{AckInner, AckToken, Consumer, Delivery, SetupError, split_cloud_event};
@@ -13,13 +15,14 @@ use crate::config::Config;
 use crate::telemetry::Metrics;
 use bytes::Bytes;
 use rdkafka::{
-    ClientContext, Message,
-    consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance},
+    ClientContext, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError, RDKafkaErrorCode},
     message::Headers,
     statistics::Statistics,
 };
 use std::{
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -146,30 +149,35 @@ fn poll_loop(
             None => {}
             Some(Err(e)) => tracing::warn!(error = %e, "kafka poll"),
             Some(Ok(m)) => {
-                let mut headers = Vec::new();
-                if let Some(h) = m.headers() {
-                    for header in h.iter() {
-                        let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-                        headers.push((header.key.to_string(), value));
-                    }
-                }
-                let (headers, cloud_event) = split_cloud_event(headers, "ce_");
-                let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
-                let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
-                let delivery = Delivery {
-                    destination: topic.clone(),
-                    key,
-                    headers,
-                    cloud_event,
-                    body: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-                    ack: AckToken(AckInner::Kafka { topic: topic.clone(), partition, offset }),
-                };
-                tracker.begin(&topic, partition, offset);
+                let delivery = to_delivery(&m);
+                tracker.begin(m.topic(), m.partition(), m.offset());
                 if tx.blocking_send(delivery).is_err() {
                     return;
                 }
             }
         }
+    }
+}
+
+/// A consumed record as a [`Delivery`].
+fn to_delivery(m: &impl Message) -> Delivery {
+    let mut headers = Vec::new();
+    if let Some(h) = m.headers() {
+        for header in h.iter() {
+            let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+            headers.push((header.key.to_string(), value));
+        }
+    }
+    let (headers, cloud_event) = split_cloud_event(headers, "ce_");
+    let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+    let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
+    Delivery {
+        destination: topic.clone(),
+        key,
+        headers,
+        cloud_event,
+        body: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        ack: AckToken(AckInner::Kafka { topic, partition, offset }),
     }
 }
 
@@ -209,5 +217,117 @@ impl Consumer for KafkaConsumer {
             }
             Err(e) => tracing::warn!(error = %e, "final kafka commit task failed"),
         }
+    }
+}
+
+/// The records of one topic, from its beginning to the end offsets it had when the read
+/// began. No consumer
+/// group offsets are committed: the read changes nothing.
+pub struct KafkaBacklog {
+    consumer: Arc<StreamConsumer>,
+    /// Partition → end offset (exclusive) still to reach.
+    remaining: HashMap<i32, i64>,
+    size: u64,
+}
+
+/// Longest wait for the next record before a backlog read gives up.
+const BACKLOG_IDLE: Duration = Duration::from_secs(10);
+
+impl KafkaBacklog {
+    pub async fn open(config: &Config, topic: &str) -> Result<Self, SetupError> {
+        let defaults = [
+            ("group.id", format!("{}-replay", config.worker.group_id)),
+            ("enable.auto.commit", "false".to_string()),
+            ("enable.auto.offset.store", "false".to_string()),
+        ];
+        let cc = super::kafka::client_config(config, "pcbridge-replay", &defaults, &[]);
+        let consumer: Arc<StreamConsumer> =
+            Arc::new(cc.create().map_err(|e| SetupError(format!("kafka consumer: {e}")))?);
+        let (c, topic_name) = (consumer.clone(), topic.to_string());
+        let plan = tokio::task::spawn_blocking(move || plan(&c, &topic_name))
+            .await
+            .map_err(|e| SetupError(format!("kafka backlog: {e}")))??;
+        let mut assignment = TopicPartitionList::new();
+        let mut remaining = HashMap::new();
+        let mut size = 0u64;
+        for (partition, start, end) in plan {
+            if start < end {
+                assignment
+                    .add_partition_offset(topic, partition, Offset::Offset(start))
+                    .map_err(|e| SetupError(format!("kafka assign: {e}")))?;
+                remaining.insert(partition, end);
+                size += u64::try_from(end - start).unwrap_or(0);
+            }
+        }
+        consumer.assign(&assignment).map_err(|e| SetupError(format!("kafka assign {topic}: {e}")))?;
+        Ok(Self { consumer, remaining, size })
+    }
+}
+
+/// (partition, first offset, end offset) of every partition of `topic`.
+fn plan(consumer: &StreamConsumer, topic: &str) -> Result<Vec<(i32, i64, i64)>, SetupError> {
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| SetupError(format!("kafka: cannot read the metadata of {topic}: {e}")))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(SetupError(format!("kafka: topic {topic} does not exist")));
+    }
+    let mut out = Vec::new();
+    for p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(|e| SetupError(format!("kafka: cannot read the offsets of {topic}/{p}: {e}")))?;
+        out.push((p, low, high));
+    }
+    Ok(out)
+}
+
+#[async_trait::async_trait]
+impl super::Backlog for KafkaBacklog {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn removes(&self) -> bool {
+        false
+    }
+
+    async fn next(&mut self) -> Option<Delivery> {
+        while !self.remaining.is_empty() {
+            match tokio::time::timeout(BACKLOG_IDLE, self.consumer.recv()).await {
+                Err(_) => {
+                    tracing::warn!("no record for {BACKLOG_IDLE:?}; ending the read early");
+                    return None;
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "kafka read"),
+                Ok(Ok(m)) => {
+                    let Some(end) = self.remaining.get(&m.partition()).copied() else { continue };
+                    if m.offset() >= end {
+                        self.remaining.remove(&m.partition());
+                        continue;
+                    }
+                    if m.offset() + 1 >= end {
+                        self.remaining.remove(&m.partition());
+                    }
+                    return Some(to_delivery(&m));
+                }
+            }
+        }
+        None
+    }
+
+    async fn remove(&mut self, _: AckToken) -> Result<(), SetupError> {
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) {
+        self.consumer.unassign().ok();
     }
 }

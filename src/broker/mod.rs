@@ -133,6 +133,32 @@ pub trait Consumer: Send + Sync {
     async fn close(&self);
 }
 
+/// A bounded read of one destination, for operator tools (`pcbridge replay`): the
+/// messages it held when the read began, each either removed (once the caller has
+/// confirmed whatever it did with it) or left in place.
+#[async_trait::async_trait]
+pub trait Backlog: Send {
+    /// How many messages the destination held when the read began.
+    fn size(&self) -> u64;
+    /// Whether [`Backlog::remove`] deletes messages. A Kafka topic is a log: its records
+    /// stay until retention removes them.
+    fn removes(&self) -> bool;
+    /// The next message; `None` once every message present at the start was read.
+    async fn next(&mut self) -> Option<Delivery>;
+    /// Removes a message read from this backlog (RabbitMQ: acknowledges it).
+    async fn remove(&mut self, token: AckToken) -> Result<(), SetupError>;
+    /// Ends the read. Messages not removed stay where they were.
+    async fn finish(self: Box<Self>);
+}
+
+/// Opens a [`Backlog`] of `destination`.
+pub async fn backlog(config: &Config, destination: &str) -> Result<Box<dyn Backlog>, SetupError> {
+    Ok(match config.broker.kind {
+        BrokerKind::Kafka => Box::new(kafka_consumer::KafkaBacklog::open(config, destination).await?),
+        BrokerKind::Rabbitmq => Box::new(rabbitmq_consumer::RabbitBacklog::open(config, destination).await?),
+    })
+}
+
 /// Splits the CloudEvents binding headers (`ce_` / `cloudEvents_`) off the others.
 pub(crate) fn split_cloud_event(
     headers: Vec<(String, String)>,

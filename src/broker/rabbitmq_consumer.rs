@@ -1,6 +1,9 @@
 //! RabbitMQ consumption: one channel with a prefetch limit, a consumer per source queue,
 //! manual acknowledgements, and reconnection with backoff. Deliveries not acknowledged
 //! when a channel closes are requeued by RabbitMQ and delivered again.
+//!
+//! [`RabbitBacklog`] drains a queue once for `pcbridge replay`: what it removes is
+//! acknowledged, what it leaves is requeued when its channel closes.
 
 use super::rabbitmq::{amqp_uri, declare_exchange, declare_queue, reconnect_delays};
 use super::{AckInner, AckToken, Consumer, Delivery, SetupError, split_cloud_event};
@@ -9,7 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use lapin::{
     Connection, ConnectionProperties,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
     uri::AMQPUri,
 };
@@ -198,5 +201,91 @@ impl Consumer for RabbitConsumer {
     async fn close(&self) {
         self.stop.cancel();
         self.deliveries.lock().await.close();
+    }
+}
+
+/// The messages a queue held when the read began. Removing acknowledges; the rest stay
+/// unacknowledged until [`Backlog::finish`](super::Backlog::finish) closes the channel,
+/// which puts them back in the queue in their order (none is redelivered to this read).
+pub struct RabbitBacklog {
+    connection: Connection,
+    consumer: lapin::Consumer,
+    size: u64,
+    read: u64,
+}
+
+/// Longest wait for the next message before a backlog read gives up.
+const BACKLOG_IDLE: Duration = Duration::from_secs(10);
+
+impl RabbitBacklog {
+    pub async fn open(config: &Config, queue: &str) -> Result<Self, SetupError> {
+        let uri = amqp_uri(&config.rabbitmq, config)?;
+        let fail = |e: lapin::Error| SetupError(format!("rabbitmq {}: {e}", redact_url(&config.rabbitmq.url)));
+        let props = ConnectionProperties::default().with_connection_name("pcbridge-replay".into());
+        let connection = Connection::connect_uri(uri, props).await.map_err(fail)?;
+        let channel = connection.create_channel().await.map_err(fail)?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| SetupError(format!("rabbitmq: queue {queue} cannot be read: {e}")))?;
+        let size = u64::from(declared.message_count());
+        // No prefetch limit: the messages left in place stay unacknowledged until the end,
+        // and a limit would stall the read behind them.
+        channel.basic_qos(0, BasicQosOptions::default()).await.map_err(fail)?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "pcbridge-replay".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(fail)?;
+        Ok(Self { connection, consumer, size, read: 0 })
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Backlog for RabbitBacklog {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn removes(&self) -> bool {
+        true
+    }
+
+    async fn next(&mut self) -> Option<Delivery> {
+        if self.read >= self.size {
+            return None;
+        }
+        match tokio::time::timeout(BACKLOG_IDLE, self.consumer.next()).await {
+            Ok(Some(Ok(d))) => {
+                self.read += 1;
+                Some(to_delivery(d))
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %e, "rabbitmq read failed; ending the read");
+                None
+            }
+            Ok(None) => None,
+            Err(_) => {
+                tracing::warn!("no message for {BACKLOG_IDLE:?}; ending the read early");
+                None
+            }
+        }
+    }
+
+    async fn remove(&mut self, token: AckToken) -> Result<(), SetupError> {
+        let AckToken(AckInner::Rabbit(acker)) = token else { return Ok(()) };
+        acker.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(|e| SetupError(format!("rabbitmq ack: {e}")))
+    }
+
+    async fn finish(self: Box<Self>) {
+        let _ = self.connection.close(200, "replay done".into()).await;
     }
 }

@@ -478,6 +478,28 @@ impl Bus {
         }
     }
 
+    /// How many messages `destination` holds, without taking them.
+    pub async fn read_count(&self, destination: &str) -> usize {
+        match self {
+            Bus::Kafka(m) => {
+                kafka_read(&m.bootstrap_servers(), &[destination], usize::MAX, Duration::from_secs(2)).await.len()
+            }
+            Bus::Rabbit(c) => {
+                let channel = c.create_channel().await.expect("channel");
+                let q = channel
+                    .queue_declare(
+                        destination.into(),
+                        QueueDeclareOptions { passive: true, ..Default::default() },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .expect("the queue exists");
+                let _ = channel.close(200, "ok".into()).await;
+                q.message_count() as usize
+            }
+        }
+    }
+
     /// Every message under the test's prefix (raw destinations plus `extra`).
     pub async fn count_all(&self, config: &Config, extra: &[String]) -> usize {
         match self {
