@@ -75,3 +75,41 @@ fn kubernetes_config_is_valid_and_drains_within_the_grace_period() {
         assert!(manifest.contains("/readyz") && manifest.contains("/healthz"), "{role}: probes on the admin port");
     }
 }
+
+/// `section.key = value` for every key of the shipped config.toml, as written there.
+fn written_keys() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml")).expect("config.toml");
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+        } else if !line.starts_with('#')
+            && let Some((k, v)) = line.split_once('=')
+        {
+            out.push((format!("{section}.{}", k.trim()), v.trim().to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn readme_reference_lists_every_key_with_its_default() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README.md");
+    let written = written_keys();
+    assert!(written.len() > 50, "config.toml was read: {} keys", written.len());
+    for (key, value) in &written {
+        let row = format!("| `{key}` | `{value}` |");
+        assert!(readme.contains(&row), "README's configuration reference lacks or misstates {row}");
+    }
+    // And the table names no key that does not exist.
+    let start = readme.find("### Reference").expect("a reference section");
+    for line in readme[start..].lines().take_while(|l| !l.starts_with("## ")) {
+        if let Some(key) = line.strip_prefix("| `").and_then(|l| l.split('`').next())
+            && key.contains('.')
+            && key != "kafka.properties.*"
+        {
+            assert!(written.iter().any(|(k, _)| k == key), "README documents {key}, which config.toml does not have");
+        }
+    }
+}
