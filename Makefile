@@ -1,7 +1,12 @@
 # pcbridge — the commands the README promises.
 CARGO ?= cargo
 
-.PHONY: test lint fmt build release setup build-deps services k8s
+.PHONY: run test lint fmt build release setup build-deps services k8s
+
+## The whole pipeline on this machine: embedded Kafka, ingress, worker and a Partner
+## Center simulator sending signed events (pcbridge dev; flags: make run ARGS="--forever").
+run: build-deps
+	$(CARGO) run --release -- dev $(ARGS)
 
 ## Run the whole test suite (starts or installs RabbitMQ first when needed), after
 ## validating the Kubernetes manifests.

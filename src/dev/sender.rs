@@ -43,7 +43,8 @@ pub async fn send(sim: &Simulator, tracker: Arc<Tracker>, options: &SendOptions,
     let mut generator = Generator::new(options.seed);
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / options.rate.max(0.1)));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Behind schedule (a slow moment), catch up: the rate is an average over the run.
+    tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut sent = 0u64;
     while options.count.is_none_or(|n| sent < n) {
         tokio::select! {
