@@ -11,17 +11,7 @@ use pcbridge::partner_center::event::CATALOGUE;
 use std::{process::Command, time::Duration};
 
 fn pcbridge() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pcbridge"));
-    // An empty working directory: no config.toml, only the defaults.
-    let dir = std::env::temp_dir().join(format!("pcbridge-dev-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    c.current_dir(dir);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PCBRIDGE_") {
-            c.env_remove(k);
-        }
-    }
-    c
+    common::pcbridge_command()
 }
 
 struct Run {

@@ -7,10 +7,7 @@ use common::{Bus, spawn_ingress};
 use pcbridge::config::BrokerKind;
 use pcbridge::dev::pki::{ORGANIZATION, Pki};
 use pcbridge::dev::simulator::{self, Simulator};
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 struct Out {
     ok: bool,
@@ -19,13 +16,7 @@ struct Out {
 }
 
 async fn register(sim: &Simulator, args: &[&str], secret: &str) -> Out {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pcbridge"));
-    cmd.current_dir(std::env::temp_dir());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PCBRIDGE_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = common::pcbridge_command();
     cmd.arg("register")
         .args(args)
         .env("PCBRIDGE_PARTNER_CENTER__BASE_URL", sim.base_url())

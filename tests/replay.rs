@@ -10,7 +10,7 @@ use pcbridge::broker::{self, CloudEvent, Message};
 use pcbridge::config::{BrokerKind, Config};
 use pcbridge::partner_center::event::{Destinations, cloud_event_type, event_id};
 use pcbridge::telemetry::Metrics;
-use std::{process::Command, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 fn dead_letter(config: &Config, name: &str, kind: &str, received: OffsetDateTime, n: usize) -> Message {
@@ -45,13 +45,7 @@ fn dead_letter(config: &Config, name: &str, kind: &str, received: OffsetDateTime
 }
 
 async fn replay(config: &Config, bootstrap: &str, args: &[&str]) -> (bool, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pcbridge"));
-    cmd.current_dir(std::env::temp_dir());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PCBRIDGE_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = common::pcbridge_command();
     cmd.arg("replay")
         .args(args)
         .env("PCBRIDGE_BROKER__KIND", config.broker.kind.to_string())

@@ -197,8 +197,14 @@ impl Pipeline {
         let (webhook_addr, ingress_admin, worker_admin) =
             (addr(&listener)?, addr(&ingress_admin_listener)?, addr(&worker_admin_listener)?);
         let stop = CancellationToken::new();
+        let hint = match config.broker.kind {
+            BrokerKind::Rabbitmq => {
+                " — is RabbitMQ running at rabbitmq.url (PCBRIDGE_RABBITMQ__URL)? `make services` starts a local one"
+            }
+            BrokerKind::Kafka => "",
+        };
         let broker_err = |role: &str, e: broker::SetupError| {
-            DevError(format!("cannot start the {role}'s {} connection: {e}", config.broker.kind))
+            DevError(format!("cannot start the {role}'s {} connection: {e}{hint}", config.broker.kind))
         };
 
         let metrics = Arc::new(Metrics::new());

@@ -105,6 +105,21 @@ pub fn signed_headers(signer: &pki::Signer, cert_url: &str, body: &[u8]) -> Vec<
 
 impl Pc {}
 
+/// The `pcbridge` binary, run in a fresh empty directory (no config.toml) with no
+/// `PCBRIDGE_*` variable but those the test sets.
+pub fn pcbridge_command() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pcbridge"));
+    let dir = std::env::temp_dir().join(format!("pcbridge-run-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    c.current_dir(dir);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PCBRIDGE_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
 /// A configuration for a test ingress.
 pub fn config(kind: BrokerKind, pc: &Pc, bootstrap: &str) -> Config {
     config_trusting(kind, &pc.certs.prefix, &pc.anchors_file, bootstrap)
