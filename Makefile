@@ -1,7 +1,7 @@
 # pcbridge — the commands the README promises.
 CARGO ?= cargo
 
-.PHONY: run test lint fmt build release setup build-deps services k8s
+.PHONY: run soak test lint fmt build release setup build-deps services k8s
 
 ## The whole pipeline on this machine: embedded Kafka, ingress, worker and a Partner
 ## Center simulator sending signed events (pcbridge dev; flags: make run ARGS="--forever").
@@ -17,6 +17,12 @@ test: setup
 	else \
 		$(CARGO) test --all-targets --no-fail-fast; \
 	fi
+	@# Restarts the shared RabbitMQ, so it runs alone, after the suite.
+	$(CARGO) test --test load_faults -- --ignored --nocapture
+
+## The long versions: load-with-faults scenarios with many more events.
+soak: setup
+	PCBRIDGE_SOAK_EVENTS=$${PCBRIDGE_SOAK_EVENTS:-6000} $(CARGO) test --test load_faults -- --include-ignored --test-threads 1 --nocapture
 
 ## Formatting and clippy, as CI runs them.
 lint: build-deps

@@ -3,6 +3,7 @@
 //! RabbitMQ exchange), and read back what reached the broker.
 #![allow(dead_code)]
 
+pub mod load;
 pub mod net;
 pub mod pc_api;
 pub mod pki;
@@ -400,7 +401,7 @@ pub async fn rabbit_drain(conn: &Connection, queue: &str) -> Vec<Received> {
     rabbit_read(conn, queue, usize::MAX, Duration::ZERO).await
 }
 
-fn amqp_text(v: &AMQPValue) -> String {
+pub fn amqp_text(v: &AMQPValue) -> String {
     match v {
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         AMQPValue::ShortString(s) => s.to_string(),

@@ -60,6 +60,9 @@ struct World {
     failing_token_endpoint: u32,
     /// `expires_in` of issued tokens (default 3599 s).
     token_lifetime: Option<u64>,
+    /// Percentage of API requests answered by a random fault (500, 429 with
+    /// Retry-After: 1, a 1.5 s answer, a dropped connection).
+    chaos_percent: u32,
     /// API requests being answered now, and the most at once.
     concurrent: usize,
     max_concurrent: usize,
@@ -99,6 +102,11 @@ impl PcApi {
     /// Adds a fixed latency to every API answer.
     pub fn set_latency(&self, latency: Duration) {
         self.world.lock().unwrap().latency = latency;
+    }
+
+    /// Answers `percent` % of API requests with a random fault.
+    pub fn set_chaos(&self, percent: u32) {
+        self.world.lock().unwrap().chaos_percent = percent;
     }
 
     /// Issued tokens say they expire after `secs`.
@@ -150,7 +158,15 @@ async fn handle(
     }
     let (reply, latency) = {
         let mut w = world.lock().unwrap();
-        let reply = w.scripts.get_mut(&path).and_then(VecDeque::pop_front);
+        let mut reply = w.scripts.get_mut(&path).and_then(VecDeque::pop_front);
+        if reply.is_none() && fastrand::u32(..100) < w.chaos_percent {
+            reply = Some(match fastrand::u8(..4) {
+                0 => Reply::Status(500),
+                1 => Reply::RetryAfter(429, 1),
+                2 => Reply::Slow(Duration::from_millis(1500)),
+                _ => Reply::Drop,
+            });
+        }
         w.concurrent += 1;
         w.max_concurrent = w.max_concurrent.max(w.concurrent);
         (reply, w.latency)
