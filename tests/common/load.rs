@@ -68,6 +68,9 @@ impl Report {
     }
 }
 
+/// Raw ids → times seen, output ids → times seen, dead letters seen.
+type Seen = (HashMap<String, usize>, HashMap<String, usize>, usize);
+
 /// An ingress and a worker on one broker, with the API stand-in.
 pub struct Rig {
     pub bus: Bus,
@@ -80,8 +83,8 @@ pub struct Rig {
     /// RabbitMQ: a queue bound to `{prefix}*` (raw destinations and dead letters), read
     /// as a downstream audit would, since the worker consumes the raw queues.
     audit: Option<String>,
-    /// RabbitMQ: what was taken from the queues so far (id → times seen).
-    seen: Mutex<(HashMap<String, usize>, HashMap<String, usize>, usize)>,
+    /// RabbitMQ: what was taken from the queues so far.
+    seen: Mutex<Seen>,
 }
 
 impl Rig {
