@@ -1,7 +1,7 @@
 # pcbridge — the commands the README promises.
 CARGO ?= cargo
 
-.PHONY: run soak test lint fmt build release setup build-deps services k8s
+.PHONY: run soak audit test lint fmt build release setup build-deps services k8s
 
 ## The whole pipeline on this machine: embedded Kafka, ingress, worker and a Partner
 ## Center simulator sending signed events (pcbridge dev; flags: make run ARGS="--forever").
@@ -23,11 +23,20 @@ test: setup
 ## The long versions: load-with-faults scenarios with many more events.
 soak: setup
 	PCBRIDGE_SOAK_EVENTS=$${PCBRIDGE_SOAK_EVENTS:-6000} $(CARGO) test --test load_faults -- --include-ignored --test-threads 1 --nocapture
+	PROPTEST_CASES=$${PROPTEST_CASES:-20000} $(CARGO) test --test properties
 
 ## Formatting and clippy, as CI runs them.
 lint: build-deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	bash .ci/setup.sh deny
+	$(CARGO) deny check licenses bans sources
+
+## RustSec advisories (needs GitHub for the advisory database; CI's network has only the
+## package registries, so this is not part of `lint`).
+audit:
+	bash .ci/setup.sh deny
+	$(CARGO) deny check advisories
 
 fmt:
 	$(CARGO) fmt

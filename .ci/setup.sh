@@ -70,9 +70,19 @@ services() {
   exit 1
 }
 
+# cargo-deny (licenses, bans, sources; advisories where GitHub is reachable), built
+# from crates.io when missing.
+deny() {
+  if ! cargo deny --version >/dev/null 2>&1; then
+    echo "installing cargo-deny from crates.io (a few minutes, once)"
+    cargo install cargo-deny --locked
+  fi
+}
+
 case "$what" in
   build) build_deps ;;
+  deny) deny ;;
   services) services ;;
   all) build_deps; services ;;
-  *) echo "usage: $0 [build|services]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|services|deny]" >&2; exit 2 ;;
 esac

@@ -7,18 +7,17 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use rsa::pkcs8::EncodePrivateKey;
 use std::sync::OnceLock;
 use time::{Duration, OffsetDateTime};
 
-/// A fresh RSA-2048 private key, PKCS#8 DER. Generation is slow, so tests share a few.
+/// A fresh RSA-2048 private key, PKCS#8 DER (OpenSSL). Tests share a few.
 pub fn rsa_key(slot: usize) -> Vec<u8> {
     static KEYS: [OnceLock<Vec<u8>>; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
     KEYS[slot]
         .get_or_init(|| {
-            let mut rng = rsa::rand_core::OsRng;
-            let key = rsa::RsaPrivateKey::new(&mut rng, 2048).expect("rsa keygen");
-            key.to_pkcs8_der().expect("pkcs8").as_bytes().to_vec()
+            let key =
+                openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).expect("rsa keygen")).expect("pkey");
+            key.private_key_to_pkcs8().expect("pkcs8")
         })
         .clone()
 }
