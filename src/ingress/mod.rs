@@ -77,9 +77,44 @@ pub fn router(state: Arc<IngressState>) -> Router {
 
 /// Serves the webhook endpoint on `listener` until `shutdown` is cancelled, then
 /// stops accepting and returns once every in-flight request has been answered.
+///
+/// A connection must send its request headers within `ingress.request_timeout_ms`
+/// (hyper's header read timeout), so slow-header clients (slowloris) cannot hold
+/// connections open; the body and the handler are bounded by the same timeout and by
+/// `ingress.max_body_bytes`.
 pub async fn run(listener: TcpListener, state: Arc<IngressState>, shutdown: CancellationToken) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     tracing::info!(addr = %listener.local_addr()?, path = WEBHOOK_PATH, "ingress listening");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    let header_timeout = state.request_timeout;
+    let app = router(state);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Runs the whole ingress role on the given listeners: creates the raw destinations,
