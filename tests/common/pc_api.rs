@@ -132,6 +132,11 @@ impl PcApi {
         self.requests().into_iter().filter(|r| r.path == path).collect()
     }
 
+    /// Every access token the stand-in issued.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.world.lock().unwrap().tokens.keys().cloned().collect()
+    }
+
     /// (grant_type, scope) of every token request.
     pub fn token_requests(&self) -> Vec<(String, String)> {
         self.world.lock().unwrap().token_requests.clone()
