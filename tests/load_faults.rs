@@ -171,3 +171,80 @@ async fn rabbitmq_restarted_under_load() {
     assert!(sent.refusals > 0, "the restart was felt");
     rig.finish().await;
 }
+
+/// The ingress process SIGKILLed twice while requests are in flight, and restarted on
+/// the same port: the killed requests never got a 2xx (the sender retries them, as
+/// Partner Center would), and every event that did is on the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_killed_with_requests_in_flight() {
+    let pc = common::Pc::new().await;
+    let bus = Bus::new(BrokerKind::Kafka).await;
+    let config = bus.config(&pc);
+    let (port, admin) = (common::net::closed_port().await, common::net::closed_port().await);
+    let start = || {
+        let mut cmd = common::pcbridge_command();
+        cmd.arg("ingress")
+            .env("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", &config.kafka.bootstrap_servers)
+            .env("PCBRIDGE_KAFKA__CREATE_TOPICS", "false")
+            .env("PCBRIDGE_BROKER__PREFIX", &config.broker.prefix)
+            .env("PCBRIDGE_SIGNATURE__TRUSTED_CERTIFICATE_URL_PREFIXES", format!("[\"{}\"]", pc.certs.prefix))
+            .env("PCBRIDGE_SIGNATURE__EXTRA_TRUST_ANCHORS_FILE", &pc.anchors_file)
+            .env("PCBRIDGE_INGRESS__LISTEN", format!("127.0.0.1:{port}"))
+            .env("PCBRIDGE_ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+            .env("PCBRIDGE_INGRESS__PUBLISH_TIMEOUT_MS", "2000")
+            .env("PCBRIDGE_LOG__LEVEL", "error")
+            .stdout(std::process::Stdio::null());
+        cmd.spawn().expect("spawn ingress")
+    };
+    let mut child = start();
+    let url = format!("http://127.0.0.1:{port}{}", pcbridge::ingress::WEBHOOK_PATH);
+    let n = events_per_scenario(1200);
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let bodies: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            serde_json::to_vec(&serde_json::json!({
+                "EventName": "subscription-updated",
+                "ResourceUri": format!("https://api.partnercenter.microsoft.com/v1/customers/c/subscriptions/s-{i}"),
+                "Run": run,
+            }))
+            .expect("json")
+        })
+        .collect();
+    pcbridge::partner_center::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let t = span(n);
+    let kills = async {
+        let mut kills = 0;
+        for _ in 0..2 {
+            at(t * 0.3).await;
+            child.kill().expect("SIGKILL");
+            let _ = child.wait();
+            kills += 1;
+            at(0.5).await;
+            child = start();
+        }
+        kills
+    };
+    let (sent, kills) = tokio::join!(common::load::drive(&http, &url, &pc, bodies, RATE), kills);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(kills, 2);
+    let raw = Destinations::new(config.broker.prefix.clone()).raw("subscription-updated");
+    let found = common::kafka_read(&bus.bootstrap(), &[raw.as_str()], usize::MAX, Duration::from_secs(5)).await;
+    let mut seen = std::collections::HashMap::new();
+    for r in &found {
+        if let Some(id) = r.headers.get("pc-event-id") {
+            *seen.entry(id.clone()).or_insert(0usize) += 1;
+        }
+    }
+    let report = common::load::Report {
+        raw_found: sent.accepted.iter().filter(|id| seen.contains_key(*id)).count(),
+        raw_duplicates: seen.values().map(|n| n - 1).sum(),
+        missing_raw: sent.accepted.iter().filter(|id| !seen.contains_key(*id)).count(),
+        ..Default::default()
+    };
+    println!("RELIABILITY {}", report.line("ingress SIGKILLed twice with requests in flight (raw only)", &sent));
+    assert!(sent.refusals > 0, "the kills were felt");
+    assert_eq!(report.missing_raw, 0, "every 2xx event is on the broker");
+    assert_eq!(sent.accepted.len(), n, "every event was eventually accepted");
+}

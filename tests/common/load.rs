@@ -120,7 +120,7 @@ impl Rig {
         Self { bus, pc, api, config, app, worker, run, audit, seen: Mutex::new(Default::default()) }
     }
 
-    fn body(&self, i: usize) -> Vec<u8> {
+    pub fn body(&self, i: usize) -> Vec<u8> {
         let path = format!("/v1/customers/c-{}/subscriptions/s-{i}", i % 40);
         serde_json::to_vec(&json!({
             "EventName": "subscription-updated",
@@ -141,43 +141,8 @@ impl Rig {
             let path = format!("/v1/customers/c-{}/subscriptions/s-{i}", i % 40);
             self.api.put(&path, json!({"id": format!("s-{i}"), "status": "active"}));
         }
-        let sent = Arc::new(Mutex::new(Sent::default()));
-        let permits = Arc::new(Semaphore::new(256));
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        for i in 0..n {
-            tick.tick().await;
-            let permit = permits.clone().acquire_owned().await.expect("permit");
-            let body = self.body(i);
-            let headers = self.pc.headers(&body);
-            let (http, url, sent) = (self.app.http.clone(), self.app.url.clone(), sent.clone());
-            sent.lock().unwrap().sent += 1;
-            tokio::spawn(async move {
-                let id = event_id(&body);
-                for attempt in 1..=10u64 {
-                    let mut rq = http.post(&url).timeout(Duration::from_secs(10)).body(body.clone());
-                    for (k, v) in &headers {
-                        rq = rq.header(*k, v);
-                    }
-                    match rq.send().await {
-                        Ok(r) if r.status().is_success() => {
-                            sent.lock().unwrap().accepted.insert(id);
-                            drop(permit);
-                            return;
-                        }
-                        _ => sent.lock().unwrap().refusals += 1,
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-                sent.lock().unwrap().gave_up += 1;
-                drop(permit);
-            });
-        }
-        let _ = permits.acquire_many(256).await.expect("all answered");
-        Arc::try_unwrap(sent).map(|m| m.into_inner().unwrap()).unwrap_or_else(|a| {
-            let g = a.lock().unwrap();
-            Sent { sent: g.sent, accepted: g.accepted.clone(), refusals: g.refusals, gave_up: g.gave_up }
-        })
+        let bodies: Vec<Vec<u8>> = (0..n).map(|i| self.body(i)).collect();
+        drive(&self.app.http, &self.app.url, &self.pc, bodies, rate).await
     }
 
     /// Where each accepted event is, waiting up to `wait` for the worker to finish.
@@ -284,6 +249,45 @@ impl Rig {
         extra.extend(self.audit.clone());
         self.bus.cleanup(&self.config, &extra).await;
     }
+}
+
+/// Posts `bodies`, signed, at `rate` per second to `url`; each non-2xx (or no answer)
+/// is retried up to 10 attempts, as Partner Center would, with shorter pauses.
+pub async fn drive(http: &reqwest::Client, url: &str, pc: &Pc, bodies: Vec<Vec<u8>>, rate: f64) -> Sent {
+    let sent = Arc::new(Mutex::new(Sent::default()));
+    let permits = Arc::new(Semaphore::new(256));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for body in bodies {
+        tick.tick().await;
+        let permit = permits.clone().acquire_owned().await.expect("permit");
+        let headers = pc.headers(&body);
+        let (http, url, sent) = (http.clone(), url.to_string(), sent.clone());
+        sent.lock().unwrap().sent += 1;
+        tokio::spawn(async move {
+            let id = event_id(&body);
+            for attempt in 1..=10u64 {
+                let mut rq = http.post(&url).timeout(Duration::from_secs(10)).body(body.clone());
+                for (k, v) in &headers {
+                    rq = rq.header(*k, v);
+                }
+                match rq.send().await {
+                    Ok(r) if r.status().is_success() => {
+                        sent.lock().unwrap().accepted.insert(id);
+                        drop(permit);
+                        return;
+                    }
+                    _ => sent.lock().unwrap().refusals += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            sent.lock().unwrap().gave_up += 1;
+            drop(permit);
+        });
+    }
+    let _ = permits.acquire_many(256).await.expect("all answered");
+    let g = sent.lock().unwrap();
+    Sent { sent: g.sent, accepted: g.accepted.clone(), refusals: g.refusals, gave_up: g.gave_up }
 }
 
 /// Asserts that nothing accepted was lost, and prints the report line (collected into
