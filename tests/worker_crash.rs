@@ -1,4 +1,4 @@
-//! The worker process killed with SIGKILL in the middle of a batch, twice, and
+//! The worker process killed with SIGKILL in the middle of a batch, three times at random moments, and
 //! restarted: every event the ingress answered 2xx still ends enriched.
 
 mod common;
@@ -89,12 +89,18 @@ async fn killed_mid_batch(kind: BrokerKind) {
 
     let port = net::closed_port().await;
     let mut done_before_kills = 0;
-    for round in 1..=2 {
+    // Three kills at random moments: after a random 10–25 % of the batch was finished by
+    // the process being killed (the seed is printed, to replay a failure).
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    eprintln!("kill points seed: {seed}");
+    for round in 1..=3 {
+        let threshold = rng.usize(n / 10..=n / 4);
         let mut child = spawn_worker_process(&config, &api, port);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let done = finished(port).await;
-            if done >= n / 5 {
+            if done >= threshold {
                 done_before_kills += done;
                 break;
             }
@@ -104,7 +110,7 @@ async fn killed_mid_batch(kind: BrokerKind) {
         }
         child.0.kill().expect("SIGKILL");
         child.0.wait().expect("reap");
-        eprintln!("round {round}: SIGKILL after this process finished ≥ {} events", n / 5);
+        eprintln!("round {round}: SIGKILL after this process finished ≥ {threshold} events");
     }
     assert!(done_before_kills < n, "the kills happened mid-batch ({done_before_kills} of {n} finished)");
     let child = spawn_worker_process(&config, &api, port);
@@ -130,7 +136,10 @@ async fn killed_mid_batch(kind: BrokerKind) {
     let exit = child.0.wait().expect("wait");
     let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
     assert!(missing.is_empty(), "{} events were lost: {missing:?}", missing.len());
-    eprintln!("{kind:?}: {n} events, {total} enriched messages, {} duplicates after two SIGKILLs", total - seen.len());
+    eprintln!(
+        "{kind:?}: {n} events, {total} enriched messages, {} duplicates after three SIGKILLs",
+        total - seen.len()
+    );
     assert!(exit.success(), "the last worker drains and exits cleanly on SIGTERM: {exit:?}");
     let cfg = app.config.clone();
     app.stop().await.expect("ingress stops");
