@@ -151,3 +151,40 @@ async fn hostile_requests_are_bounded_and_publish_nothing() {
     // Exactly the genuine event and the duplicate-key one were published.
     assert_eq!(bus.count_all(&config, &[]).await, 2);
 }
+
+/// Redirects are never followed: a trusted certificate host redirecting elsewhere, and
+/// a Partner Center API answer redirecting elsewhere, make no connection to the target
+/// (and the bearer token does not leave the configured base).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_to_other_hosts_are_not_followed() {
+    let pc = Pc::new().await;
+    let tripwire = common::net::Tripwire::start().await;
+    let elsewhere = format!("http://{}/cert/x.cer", tripwire.addr);
+    pc.certs.set_mode(common::net::CertMode::Redirect(elsewhere.clone()));
+    let bus = Bus::new(BrokerKind::Kafka).await;
+    let config = bus.config(&pc);
+    let app = spawn_ingress(config.clone()).await;
+    let body = br#"{"EventName":"subscription-updated"}"#;
+    let (status, _) = app.post(body.to_vec(), &pc.headers(body)).await;
+    // Not followed: the certificate is unusable (401 like any non-certificate answer
+    // other than a 5xx), and nothing is published.
+    assert!(status == 401 || status == 503, "refused: {status}");
+
+    let api = common::pc_api::PcApi::start().await;
+    let worker = common::worker_config(config.clone(), &api);
+    api.script(
+        "/v1/customers/c",
+        vec![common::pc_api::Reply::Redirect(format!("http://{}/v1/customers/c", tripwire.addr))],
+    );
+    let client = pcbridge::partner_center::client::ApiClient::new(
+        &worker,
+        std::sync::Arc::new(pcbridge::telemetry::Metrics::new()),
+    )
+    .expect("client");
+    let result =
+        client.get(pcbridge::partner_center::client::Api::PartnerCenter, "/v1/customers/c", uuid::Uuid::new_v4()).await;
+    let error = result.expect_err("a redirect is not a resource");
+    assert_eq!(error.status, Some(302));
+    assert_eq!(tripwire.connections(), 0, "nothing followed a redirect to another host");
+    assert_eq!(bus.count_all(&config, &[]).await, 0);
+}

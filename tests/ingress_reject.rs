@@ -153,7 +153,7 @@ async fn rejections(kind: BrokerKind) {
         [(CertMode::Status(500), "fail500.cer"), (CertMode::Status(503), "fail503.cer"), (CertMode::Hang, "hang.cer")]
     {
         let url = pc.certs.put(name, pc.cert.der.clone());
-        pc.certs.set_mode(mode);
+        pc.certs.set_mode(mode.clone());
         let (got, json) = app.post(EVENT.to_vec(), &with(&good, "x-ms-certificate-url", &url)).await;
         assert_eq!((got, json["error"].as_str()), (503, Some("certificate_unavailable")), "{mode:?}: {json}");
     }

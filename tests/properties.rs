@@ -50,6 +50,10 @@ fn hostile_url() -> impl Strategy<Value = String> {
         Just("2130706433".to_string()),
         Just("0x7f.0.0.1".to_string()),
         Just("partner.microsoft.com".to_string()),
+        // Names that resolve to loopback: refused by name, never resolved first.
+        Just("localhost".to_string()),
+        Just("127.0.0.1.nip.io".to_string()),
+        Just("localtest.me".to_string()),
         Just("api.partnercenter.microsoft.com%2eevil.test".to_string()),
         "[a-z0-9.-]{0,20}",
     ];

@@ -19,11 +19,13 @@ use std::{
 use tokio::net::{TcpListener, TcpStream};
 
 /// How the certificate server answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CertMode {
     Serve,
     Status(u16),
     Hang,
+    /// `302 Found` to this URL.
+    Redirect(String),
 }
 
 #[derive(Clone)]
@@ -67,8 +69,9 @@ impl CertServer {
 
 async fn serve_cert(State(s): State<CertState>, Path(name): Path<String>) -> Response {
     s.hits.fetch_add(1, Ordering::SeqCst);
-    let mode = *s.mode.lock().unwrap();
+    let mode = s.mode.lock().unwrap().clone();
     match mode {
+        CertMode::Redirect(to) => (StatusCode::FOUND, [(http::header::LOCATION, to)]).into_response(),
         CertMode::Status(code) => {
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR).into_response()
         }

@@ -34,6 +34,8 @@ pub enum Reply {
     Slow(Duration),
     /// Close the connection without answering.
     Drop,
+    /// `302 Found` to this URL.
+    Redirect(String),
 }
 
 /// One request the stand-in received.
@@ -241,6 +243,9 @@ fn answer(
             world.lock().unwrap().concurrent -= 1;
             // Panicking in a handler makes hyper drop the connection without an answer.
             std::panic::resume_unwind(Box::new("drop"));
+        }
+        Some(Reply::Redirect(to)) => {
+            return (StatusCode::FOUND, [(http::header::LOCATION, to)]).into_response();
         }
         Some(Reply::Slow(_)) | None => {}
     }
