@@ -248,3 +248,25 @@ async fn ingress_killed_with_requests_in_flight() {
     assert_eq!(report.missing_raw, 0, "every 2xx event is on the broker");
     assert_eq!(sent.accepted.len(), n, "every event was eventually accepted");
 }
+
+/// The certificate host goes down mid-load: the cached certificate keeps every signature
+/// verifiable, so nothing is refused. (Not cached, the answer is 503, never 401:
+/// `tests/ingress_faults.rs` and `tests/ingress_reject.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_host_down_under_load() {
+    let rig = Rig::start(Bus::new(BrokerKind::Kafka).await, |_| {}).await;
+    let n = events_per_scenario(1000);
+    let t = span(n);
+    let outage = async {
+        at(t * 0.2).await;
+        rig.pc.certs.set_mode(common::net::CertMode::Status(503));
+        at(t * 0.6).await;
+        rig.pc.certs.set_mode(common::net::CertMode::Serve);
+    };
+    let (sent, ()) = tokio::join!(rig.load(n, RATE), outage);
+    let report = rig.account(&sent, Duration::from_secs(90)).await;
+    assert_nothing_lost("certificate host down (cached certificate)", &sent, &report);
+    assert_eq!(sent.refusals, 0, "the cached certificate kept verifying");
+    assert_eq!(rig.pc.certs.hits(), 1, "one download, before the outage");
+    rig.finish().await;
+}
