@@ -32,14 +32,12 @@ async fn kafka_broker_faults_under_load() {
     let raw = Destinations::new(rig.config.broker.prefix.clone()).raw("subscription-updated");
     let n = events_per_scenario(1200);
     let t = span(n);
-    // Each fault in turn. (Not injected: a mix of Produce error codes, and a leader-less
-    // partition. Against the mock cluster these lose acknowledged records even for a
-    // bare rdkafka producer, or crash it: docs/RELIABILITY.md has the reproduction.)
+    // Each fault in turn. (Not injected: Produce request errors, and a leader-less
+    // partition. Against the mock cluster the first loses acknowledged records even for
+    // a bare rdkafka producer, the second crashes it: docs/RELIABILITY.md.)
     let faults = async {
         use RDKafkaRespErr::*;
-        at(t * 0.1).await;
-        mock.request_errors(RDKafkaApiKey::Produce, &[RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 8]);
-        at(t * 0.1).await;
+        at(t * 0.2).await;
         mock.request_errors(RDKafkaApiKey::OffsetCommit, &[RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE; 5]);
         for b in 1..=3 {
             mock.broker_round_trip_time(b, Duration::from_millis(300)).expect("rtt");
