@@ -180,7 +180,14 @@ pub async fn spawn_ingress(config: Config) -> TestApp {
     let shutdown = CancellationToken::new();
     let (cfg, m, s) = (config.clone(), metrics.clone(), shutdown.clone());
     let handle = tokio::spawn(async move { ingress::serve(&cfg, listener, admin_listener, publisher, m, s).await });
-    let app = TestApp { url, admin, http: reqwest::Client::new(), config, metrics, shutdown, handle };
+    // The ingress closes a keep-alive connection idle for request_timeout (hyper's header
+    // read timeout covers the wait for the next request); drop pooled ones well before, so
+    // a test never reuses a connection as the server closes it.
+    let http = reqwest::Client::builder()
+        .pool_idle_timeout(config.ingress.request_timeout() / 2)
+        .build()
+        .expect("http client");
+    let app = TestApp { url, admin, http, config, metrics, shutdown, handle };
     app.wait_ready(Duration::from_secs(15)).await;
     app
 }
