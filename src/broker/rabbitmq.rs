@@ -54,6 +54,15 @@ pub struct RabbitMq {
     ready: AtomicBool,
     /// Wakes the supervisor when a publish notices the link is broken.
     broken: Notify,
+    /// Held while a message is handed to lapin, so messages reach the wire in the order
+    /// lapin numbered them. lapin assigns the confirm's delivery tag and queues the frames
+    /// under two different locks; two publishes from two threads can cross between them,
+    /// and RabbitMQ numbers messages by arrival. Both acked, that is harmless; but if the
+    /// connection dies between the two, the ack of the message that arrived resolves the
+    /// confirm of the one that never did — a 2xx for a lost event (seen under
+    /// `rabbitmqctl close_connection`: one event missing, another duplicated). Confirms
+    /// are still awaited outside this lock, so many stay in flight.
+    publish_order: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
 }
 
@@ -72,6 +81,7 @@ impl RabbitMq {
             declared: Mutex::new(HashSet::new()),
             ready: AtomicBool::new(false),
             broken: Notify::new(),
+            publish_order: tokio::sync::Mutex::new(()),
             metrics,
         });
         let link = this.open().await.map_err(|e| {
@@ -125,6 +135,7 @@ impl RabbitMq {
     /// One publish and its confirm. `Ok(false)` means the message was returned as
     /// unroutable (nothing stored).
     async fn publish_once(&self, channel: &Channel, m: &Message) -> Result<bool, PublishError> {
+        let order = self.publish_order.lock().await;
         let confirm = channel
             .basic_publish(
                 self.exchange.as_str().into(),
@@ -135,6 +146,7 @@ impl RabbitMq {
             )
             .await
             .map_err(|e| self.link_error(e))?;
+        drop(order);
         match confirm.await.map_err(|e| self.link_error(e))? {
             Confirmation::Ack(None) => Ok(true),
             Confirmation::Ack(Some(_)) => Ok(false),

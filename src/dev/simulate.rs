@@ -66,6 +66,7 @@ pub async fn run(args: SimulateArgs, interrupt: CancellationToken) -> Result<(),
         public_url: args.public_url.clone(),
         throttle_percent: args.throttle_percent.min(100),
         gone_percent: 0,
+        latency: Duration::ZERO,
     };
     let sim = Simulator::start(pki, options).await.map_err(|e| err(e.to_string()))?;
     let ca = args.pki_dir.join("ca.pem");

@@ -53,11 +53,20 @@ pub struct Options {
     /// Percentage of resources that no longer exist (404), chosen by path, so a
     /// resource is consistently gone.
     pub gone_percent: u32,
+    /// Added to every resource answer (Partner Center, Graph, fraud events), as a
+    /// remote API's own latency: the worker benchmark measures against it.
+    pub latency: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 0)), public_url: None, throttle_percent: 0, gone_percent: 0 }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_url: None,
+            throttle_percent: 0,
+            gone_percent: 0,
+            latency: Duration::ZERO,
+        }
     }
 }
 
@@ -254,6 +263,10 @@ async fn handle(
     }
     if method != Method::GET {
         return error(StatusCode::METHOD_NOT_ALLOWED, "only GET is simulated here");
+    }
+    let latency = shared.lock().options.latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     if throttle {
         return (StatusCode::TOO_MANY_REQUESTS, [(http::header::RETRY_AFTER, "1")], "throttled").into_response();

@@ -1,0 +1,47 @@
+//! `cargo bench --bench load [-- <scenario>…]` (`make bench`): the ingress and the worker
+//! as separate processes under load, on this machine, next to reference servers.
+//!
+//! Scenarios (all but `soak` when none is named):
+//! - `ingress-kafka`, `ingress-rabbitmq`: the bare HTTP limit, the minimal pipeline and
+//!   the ingress, as fast as they go (closed loop) and at fixed rates (open loop);
+//!   RabbitMQ also with one publish in flight at a time, to show what batching confirms is
+//!   worth.
+//! - `worker`: N events preloaded, the simulated API answering in a fixed 20 ms.
+//! - `startup`: spawn to `/readyz` for both roles.
+//! - `soak`: both roles at half load for `PCBRIDGE_BENCH_SOAK_SECS` (600), RSS sampled.
+//!
+//! Figures go to docs/BENCHMARKS.md. The load generator, the broker and the simulator run
+//! in this process, so they share the 2 cores with what is measured.
+
+mod generator;
+mod procstat;
+mod reference;
+mod scenarios;
+mod servers;
+mod setup;
+
+fn main() {
+    // cargo passes `--bench`; everything else names scenarios or a reference server.
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    pcbridge::partner_center::install_crypto_provider();
+    match args.first().map(String::as_str) {
+        Some("serve-bare") => runtime.block_on(reference::bare()),
+        Some("serve-minimal") => runtime.block_on(reference::minimal(&args[1..])),
+        _ => {
+            let all = ["ingress-kafka", "ingress-rabbitmq", "worker", "startup"];
+            let chosen: Vec<&str> =
+                if args.is_empty() { all.to_vec() } else { args.iter().map(String::as_str).collect() };
+            for scenario in chosen {
+                println!("\n## {scenario}\n");
+                match scenario {
+                    "ingress-kafka" => runtime.block_on(scenarios::ingress(setup::Broker::kafka())),
+                    "ingress-rabbitmq" => runtime.block_on(scenarios::ingress(setup::Broker::rabbitmq())),
+                    "worker" => runtime.block_on(scenarios::worker()),
+                    "startup" => runtime.block_on(scenarios::startup()),
+                    other => eprintln!("unknown scenario {other}; known: {all:?} and soak"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The scenarios: each prints Markdown table rows for docs/BENCHMARKS.md.
+
+use crate::generator::{self, Corpus, Outcome, Pace};
+use crate::procstat::{RssPeak, cpu_seconds, mib, status_kib};
+use crate::servers::{self, Server};
+use crate::setup::{Broker, BrokerSpec, RABBITMQ_URL, Setup};
+use pcbridge::partner_center::event::Destinations;
+use std::time::{Duration, Instant};
+
+const WARMUP: Duration = Duration::from_secs(1);
+const MEASURE: Duration = Duration::from_secs(5);
+/// Connections of the closed loop (the calibration's wrk used 32).
+const CLOSED_CONNECTIONS: usize = 32;
+/// Connections of the open loop: enough that a rate is never limited by them.
+const OPEN_CONNECTIONS: usize = 64;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// One measurement of one server.
+struct Row {
+    outcome: Outcome,
+    /// CPU cores the server used over the run.
+    cores: f64,
+    peak_rss_kib: u64,
+}
+
+async fn measure(server: &Server, corpus: &Corpus, pace: Pace, connections: usize) -> Row {
+    let pid = server.pid();
+    let (cpu0, started, rss) = (cpu_seconds(pid), Instant::now(), RssPeak::start(pid));
+    let outcome = generator::run(server.addr, corpus, pace, connections, WARMUP, MEASURE).await;
+    let cores = (cpu_seconds(pid) - cpu0) / started.elapsed().as_secs_f64();
+    Row { outcome, cores, peak_rss_kib: rss.finish() }
+}
+
+fn print_header() {
+    println!(
+        "| server | load | events/s | p50 ms | p99 ms | p99.9 ms | failed | server CPU (cores) | server peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+}
+
+fn print_row(name: &str, load: &str, r: &Row) {
+    let o = &r.outcome;
+    println!(
+        "| {name} | {load} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.1} |",
+        o.rate(),
+        o.ms(0.5),
+        o.ms(0.99),
+        o.ms(0.999),
+        o.failed,
+        r.cores,
+        mib(r.peak_rss_kib)
+    );
+}
+
+fn minimal_args(setup: &Setup, broker: &Broker, serial: bool) -> Vec<String> {
+    let mut a = vec!["serve-minimal".to_string(), setup.cert_der.display().to_string(), broker.prefix.clone()];
+    match &broker.kind {
+        BrokerSpec::Kafka(bootstrap) => a.extend(["kafka".into(), bootstrap.clone()]),
+        BrokerSpec::Rabbit { exchange } => {
+            a.extend(["rabbitmq".into(), RABBITMQ_URL.into(), exchange.clone()]);
+            if serial {
+                a.push("serial".into());
+            }
+        }
+    }
+    a
+}
+
+/// Empties (or deletes) this run's RabbitMQ queues, so stored messages do not pile up.
+async fn rabbit_tidy(broker: &Broker, delete: bool) {
+    let BrokerSpec::Rabbit { exchange } = &broker.kind else { return };
+    let conn = lapin::Connection::connect(RABBITMQ_URL, Default::default()).await.expect("rabbitmq");
+    let d = Destinations::new(broker.prefix.clone());
+    let config = broker.config();
+    let stems = pcbridge::worker::stems(&config);
+    let queues = stems.iter().flat_map(|s| [d.raw(s), d.enriched(s)]).chain([d.dead_letter()]);
+    for q in queues {
+        // A missing queue closes the channel: one channel per queue.
+        let Ok(ch) = conn.create_channel().await else { continue };
+        let _ = if delete {
+            ch.queue_delete(q.as_str().into(), Default::default()).await.map(|_| ())
+        } else {
+            ch.queue_purge(q.as_str().into(), Default::default()).await.map(|_| ())
+        };
+    }
+    if delete && let Ok(ch) = conn.create_channel().await {
+        let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// The ingress next to the bare HTTP limit and the minimal pipeline.
+pub async fn ingress(broker: Broker) {
+    let setup = Setup::new(Duration::ZERO).await;
+    let corpus = setup.corpus(env_or("PCBRIDGE_BENCH_CORPUS", 2000));
+    let ingress = servers::pcbridge("ingress", &setup.env(&broker));
+    let startup = ingress.ready(Duration::from_secs(30)).await;
+    // Warm-up: the certificate download, topic metadata, and (RabbitMQ) the queues the
+    // minimal pipeline will publish to.
+    generator::run(ingress.addr, &corpus, Pace::Closed, CLOSED_CONNECTIONS, Duration::ZERO, Duration::from_secs(2))
+        .await;
+    rabbit_tidy(&broker, false).await;
+    let bare = servers::reference(&["serve-bare"]);
+    let args = minimal_args(&setup, &broker, false);
+    let minimal = servers::reference(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    println!(
+        "Broker: {}. Ingress ready {startup:?} after spawn. Corpus: {} distinct signed events.\n",
+        broker.name(),
+        corpus.items.len()
+    );
+
+    println!("### As fast as answers come back ({CLOSED_CONNECTIONS} connections, closed loop, best of 2)\n");
+    print_header();
+    let load = format!("closed, {CLOSED_CONNECTIONS} conn");
+    let mut best = [0.0f64; 3];
+    for _round in 0..2 {
+        for (i, (name, server)) in
+            [("bare axum 200", &bare), ("minimal pipeline", &minimal), ("pcbridge ingress", &ingress)]
+                .into_iter()
+                .enumerate()
+        {
+            let row = measure(server, &corpus, Pace::Closed, CLOSED_CONNECTIONS).await;
+            print_row(name, &load, &row);
+            best[i] = best[i].max(row.outcome.rate());
+            rabbit_tidy(&broker, false).await;
+        }
+    }
+    if matches!(broker.kind, BrokerSpec::Rabbit { .. }) {
+        let args = minimal_args(&setup, &broker, true);
+        let serial = servers::reference(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let row = measure(&serial, &corpus, Pace::Closed, CLOSED_CONNECTIONS).await;
+        print_row("minimal, one publish in flight", &load, &row);
+        rabbit_tidy(&broker, false).await;
+    }
+    println!(
+        "\nBest events/s: bare {:.0}, minimal {:.0}, ingress {:.0}. Ingress / minimal = **{:.2}**, ingress / bare = {:.3}.\n",
+        best[0],
+        best[1],
+        best[2],
+        best[2] / best[1],
+        best[2] / best[0]
+    );
+
+    println!("### Fixed rates ({OPEN_CONNECTIONS} connections, open loop)\n");
+    print_header();
+    let rates: Vec<f64> = match broker.kind {
+        BrokerSpec::Kafka(_) => vec![1000.0, 2500.0, 5000.0, 10000.0, 15000.0, 20000.0],
+        BrokerSpec::Rabbit { .. } => vec![1000.0, 2500.0, 5000.0, 7500.0, 10000.0],
+    };
+    for rate in rates {
+        for (name, server) in [("minimal pipeline", &minimal), ("pcbridge ingress", &ingress)] {
+            let row = measure(server, &corpus, Pace::Open(rate), OPEN_CONNECTIONS).await;
+            print_row(name, &format!("{rate:.0}/s"), &row);
+            rabbit_tidy(&broker, false).await;
+        }
+    }
+    println!("\nIngress peak RSS since start (VmHWM): {:.1} MiB", mib(status_kib(ingress.pid(), "VmHWM")));
+    drop((ingress, minimal, bare));
+    rabbit_tidy(&broker, true).await;
+}
+
+/// Sum of `pcbridge_worker_events_total` from a worker's /metrics.
+async fn worker_done(http: &reqwest::Client, worker: &Server) -> u64 {
+    let url = format!("http://{}/metrics", worker.admin.expect("admin"));
+    let Ok(r) = http.get(url).send().await else { return 0 };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("pcbridge_worker_events_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// N events preloaded; the API answers in a fixed 20 ms; 64 events in flight.
+pub async fn worker() {
+    let n: u64 = env_or("PCBRIDGE_BENCH_WORKER_EVENTS", 20_000);
+    let latency = Duration::from_millis(20);
+    let concurrency = 64u64;
+    let ideal = concurrency as f64 / latency.as_secs_f64();
+    println!(
+        "| broker | events | API latency | concurrency | ideal events/s | events/s (10 %→90 %) | ratio | all done in | worker CPU (cores) | worker peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for broker in [Broker::kafka(), Broker::rabbitmq()] {
+        let setup = Setup::new(latency).await;
+        broker.preload(n as usize, "w").await;
+        let mut env = setup.env(&broker);
+        env.push(("PCBRIDGE_WORKER__CONCURRENCY".into(), concurrency.to_string()));
+        let worker = servers::pcbridge("worker", &env);
+        let pid = worker.pid();
+        let rss = RssPeak::start(pid);
+        let http = reqwest::Client::new();
+        let (mut t10, mut t90, mut first) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let done = loop {
+            let done = worker_done(&http, &worker).await;
+            let now = Instant::now();
+            if done > 0 && first.is_none() {
+                first = Some((now, cpu_seconds(pid)));
+            }
+            if done >= n / 10 && t10.is_none() {
+                t10 = Some(now);
+            }
+            if done >= n * 9 / 10 && t90.is_none() {
+                t90 = Some(now);
+            }
+            if done >= n || now > deadline {
+                break done;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let peak = rss.finish();
+        let (Some((t0, cpu0)), Some(t10), Some(t90)) = (first, t10, t90) else {
+            println!("| {} | {n} | worker finished only {done} within 300 s |", broker.name());
+            continue;
+        };
+        let all = t0.elapsed();
+        let cores = (cpu_seconds(pid) - cpu0) / all.as_secs_f64();
+        let rate = (n * 8 / 10) as f64 / (t90 - t10).as_secs_f64();
+        println!(
+            "| {} | {done} | {latency:?} | {concurrency} | {ideal:.0} | {rate:.0} | **{:.2}** | {all:.1?} | {cores:.2} | {:.1} |",
+            broker.name(),
+            rate / ideal,
+            mib(peak)
+        );
+        drop(worker);
+        rabbit_tidy(&broker, true).await;
+    }
+}
+
+/// Spawn to `/readyz`, ten times per role and broker.
+pub async fn startup() {
+    println!("| role | broker | runs | min | median | max |");
+    println!("|---|---|---|---|---|---|");
+    let setup = Setup::new(Duration::ZERO).await;
+    for broker in [Broker::kafka(), Broker::rabbitmq()] {
+        for role in ["ingress", "worker"] {
+            let mut times: Vec<Duration> = Vec::new();
+            for _ in 0..10 {
+                let server = servers::pcbridge(role, &setup.env(&broker));
+                times.push(server.ready(Duration::from_secs(30)).await);
+            }
+            times.sort();
+            println!(
+                "| {role} | {} | {} | {:.0?} | {:.0?} | {:.0?} |",
+                broker.name(),
+                times.len(),
+                times[0],
+                times[times.len() / 2],
+                times[times.len() - 1]
+            );
+        }
+        rabbit_tidy(&broker, true).await;
+    }
+}
