@@ -1,7 +1,7 @@
 # pcbridge — the commands the README promises.
 CARGO ?= cargo
 
-.PHONY: run soak audit test lint fmt build release setup build-deps services k8s
+.PHONY: run soak bench audit test lint fmt build release setup build-deps services k8s
 
 ## The whole pipeline on this machine: embedded Kafka, ingress, worker and a Partner
 ## Center simulator sending signed events (pcbridge dev; flags: make run ARGS="--forever").
@@ -24,6 +24,13 @@ test: setup
 soak: setup
 	PCBRIDGE_SOAK_EVENTS=$${PCBRIDGE_SOAK_EVENTS:-6000} $(CARGO) test --test load_faults -- --include-ignored --test-threads 1 --nocapture
 	PROPTEST_CASES=$${PROPTEST_CASES:-20000} $(CARGO) test --test properties
+
+## Benchmarks (docs/BENCHMARKS.md): Criterion micro-benchmarks of the hot path, then the
+## ingress and the worker under load next to reference servers, and start-up. One
+## scenario: make bench BENCH="worker" (ingress-kafka, ingress-rabbitmq, worker, startup).
+bench: setup
+	$(CARGO) bench --bench micro
+	$(CARGO) bench --bench load -- $(BENCH)
 
 ## Formatting and clippy, as CI runs them.
 lint: build-deps

@@ -21,8 +21,17 @@ mod servers;
 mod setup;
 
 fn main() {
-    // cargo passes `--bench`; everything else names scenarios or a reference server.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` and nextest run this
+    // binary too (nextest with `--list`): there it has nothing to list and does not run.
+    let all_args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = all_args.iter().filter(|a| !a.starts_with("--")).cloned().collect();
+    let serving = args.first().is_some_and(|a| a.starts_with("serve-"));
+    if !serving && !all_args.iter().any(|a| a == "--bench") {
+        if !all_args.iter().any(|a| a == "--list") {
+            eprintln!("the load benchmark runs under `cargo bench --bench load` (make bench)");
+        }
+        return;
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     pcbridge::partner_center::install_crypto_provider();
     match args.first().map(String::as_str) {

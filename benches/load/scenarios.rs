@@ -183,7 +183,11 @@ pub async fn worker() {
         "| broker | events | API latency | concurrency | ideal events/s | events/s (10 %→90 %) | ratio | all done in | worker CPU (cores) | worker peak RSS MiB |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
+    let only: String = env_or("PCBRIDGE_BENCH_BROKERS", String::new());
     for broker in [Broker::kafka(), Broker::rabbitmq()] {
+        if !only.is_empty() && !broker.name().starts_with(only.as_str()) {
+            continue;
+        }
         let setup = Setup::new(latency).await;
         broker.preload(n as usize, "w").await;
         let mut env = setup.env(&broker);
@@ -208,6 +212,9 @@ pub async fn worker() {
             }
             if done >= n || now > deadline {
                 break done;
+            }
+            if std::env::var_os("PCBRIDGE_BENCH_VERBOSE").is_some() {
+                eprintln!("{:?} {done}", worker.spawned.elapsed());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
@@ -239,7 +246,14 @@ pub async fn startup() {
         for role in ["ingress", "worker"] {
             let mut times: Vec<Duration> = Vec::new();
             for _ in 0..10 {
-                let server = servers::pcbridge(role, &setup.env(&broker));
+                // A group of its own: joining one whose previous member was just killed
+                // waits out that member's session, which is not start-up.
+                let mut env = setup.env(&broker);
+                env.push((
+                    "PCBRIDGE_WORKER__GROUP_ID".into(),
+                    format!("bench-startup-{}", uuid::Uuid::new_v4().simple()),
+                ));
+                let server = servers::pcbridge(role, &env);
                 times.push(server.ready(Duration::from_secs(30)).await);
             }
             times.sort();

@@ -135,18 +135,25 @@ impl RabbitMq {
     /// One publish and its confirm. `Ok(false)` means the message was returned as
     /// unroutable (nothing stored).
     async fn publish_once(&self, channel: &Channel, m: &Message) -> Result<bool, PublishError> {
-        let order = self.publish_order.lock().await;
-        let confirm = channel
-            .basic_publish(
-                self.exchange.as_str().into(),
-                m.destination.as_str().into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
-                &m.body,
-                properties(m),
-            )
-            .await
-            .map_err(|e| self.link_error(e))?;
-        drop(order);
+        let mut publish = std::pin::pin!(channel.basic_publish(
+            self.exchange.as_str().into(),
+            m.destination.as_str().into(),
+            BasicPublishOptions { mandatory: true, ..Default::default() },
+            &m.body,
+            properties(m),
+        ));
+        // lapin (4.12) numbers the confirm and queues the frames in the first poll, then
+        // waits for the socket write: only that first poll needs the lock, so writes of
+        // many publishes still go out together.
+        let first = {
+            let _order = self.publish_order.lock().await;
+            futures::poll!(publish.as_mut())
+        };
+        let confirm = match first {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => publish.await,
+        }
+        .map_err(|e| self.link_error(e))?;
         match confirm.await.map_err(|e| self.link_error(e))? {
             Confirmation::Ack(None) => Ok(true),
             Confirmation::Ack(Some(_)) => Ok(false),

@@ -3,9 +3,9 @@
 //! that output was confirmed by the broker. It knows the broker only through
 //! [`Consumer`] and [`Publisher`].
 //!
-//! Concurrency: deliveries are spread over `worker.concurrency` lanes by a hash of their
-//! key (the ResourceUri), and each lane works through its deliveries one at a time, so
-//! events about one resource are processed in order while many resources proceed at once.
+//! Concurrency: up to `worker.concurrency` deliveries are processed at once; deliveries
+//! with the same key (the ResourceUri) are processed one at a time, in order, so events
+//! about one resource keep their order while many resources proceed at once ([`run`]).
 
 pub mod dedup;
 pub mod enrich;
@@ -26,14 +26,19 @@ use dedup::Dedup;
 use enrich::{Enricher, Failure, RawEvent};
 use output::Identity;
 use std::{
-    hash::{Hash, Hasher},
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
-use tokio::{net::TcpListener, sync::mpsc, task::JoinSet};
+use tokio::{
+    net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
 
-/// Deliveries waiting per lane; keeps memory bounded and back-pressure reaching the broker.
-const LANE_DEPTH: usize = 4;
+/// Deliveries held per unit of concurrency beyond the one being processed; keeps memory
+/// bounded and back-pressure reaching the broker.
+const QUEUE_DEPTH: usize = 4;
 
 /// Everything the lanes share.
 pub struct WorkerState {
@@ -106,42 +111,68 @@ impl WorkerState {
     }
 }
 
-/// Consumes until `stop` is cancelled (or the consumer closes), then lets the lanes
+/// Consumes until `stop` is cancelled (or the consumer closes), then lets the chains
 /// finish what they hold.
+///
+/// Each key with work has one *chain*: a task that processes that key's deliveries one
+/// after the other, in arrival order. At most `concurrency` chains process at once
+/// (`running`), and at most `concurrency × (1 + QUEUE_DEPTH)` deliveries are held in all
+/// (`admitted`), which is the back-pressure reaching the broker. Unlike fixed lanes picked
+/// by a hash, a busy key never holds up deliveries of other keys: with 64 lanes and
+/// random keys, the dispatcher waiting on the one full lane kept the worker at about half
+/// of its concurrency (docs/BENCHMARKS.md).
 pub async fn run(state: Arc<WorkerState>, stop: CancellationToken) {
-    let mut lanes = Vec::with_capacity(state.concurrency);
+    let running = Arc::new(Semaphore::new(state.concurrency.max(1)));
+    let admitted = Arc::new(Semaphore::new(state.concurrency.max(1) * (1 + QUEUE_DEPTH)));
+    let chains: Chains = Arc::new(Mutex::new(HashMap::new()));
     let mut tasks = JoinSet::new();
-    for _ in 0..state.concurrency {
-        let (tx, mut rx) = mpsc::channel::<Delivery>(LANE_DEPTH);
-        lanes.push(tx);
-        let state = state.clone();
-        tasks.spawn(async move {
-            while let Some(d) = rx.recv().await {
-                process(&state, d).await;
-            }
-        });
-    }
     loop {
+        while tasks.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            p = admitted.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let delivery = tokio::select! {
             biased;
             () = stop.cancelled() => break,
             d = state.consumer.recv() => d,
         };
         let Some(d) = delivery else { break };
-        let lane = &lanes[lane_of(&d.key, lanes.len())];
-        if lane.send(d).await.is_err() {
-            break;
+        let key = d.key.clone();
+        {
+            let mut chains = chains.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(queue) = chains.get_mut(&key) {
+                queue.push_back((d, permit));
+                continue;
+            }
+            chains.insert(key.clone(), VecDeque::new());
         }
+        let (state, running, chains) = (state.clone(), running.clone(), chains.clone());
+        tasks.spawn(async move {
+            let mut next = Some((d, permit));
+            while let Some((d, _held)) = next {
+                {
+                    let Ok(_slot) = running.acquire().await else { return };
+                    process(&state, d).await;
+                }
+                let mut chains = chains.lock().unwrap_or_else(|p| p.into_inner());
+                next = chains.get_mut(&key).and_then(VecDeque::pop_front);
+                if next.is_none() {
+                    chains.remove(&key);
+                }
+            }
+        });
     }
-    drop(lanes);
     while tasks.join_next().await.is_some() {}
 }
 
-fn lane_of(key: &str, lanes: usize) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() % lanes.max(1) as u64) as usize
-}
+/// Deliveries waiting behind an earlier one with the same key, by key; each holds its
+/// `admitted` permit until processed.
+type Chains = Arc<Mutex<HashMap<String, VecDeque<(Delivery, OwnedSemaphorePermit)>>>>;
 
 /// Keeps `pcbridge_worker_in_flight_events` right however processing ends.
 struct InFlight<'a>(&'a prometheus::IntGauge);
