@@ -86,6 +86,20 @@ impl PcApi {
         Self { base, world }
     }
 
+    /// The environment that points a `pcbridge` process's API clients (Partner Center,
+    /// Graph, Entra ID) at this stand-in, with its credentials.
+    pub fn env(&self) -> [(&'static str, String); 7] {
+        [
+            ("PCBRIDGE_PARTNER_CENTER__BASE_URL", self.base.clone()),
+            ("PCBRIDGE_PARTNER_CENTER__GRAPH_BASE_URL", self.base.clone()),
+            ("PCBRIDGE_PARTNER_CENTER__TOKEN_BASE_URL", self.base.clone()),
+            ("PCBRIDGE_PARTNER_CENTER__TENANT_ID", "tenant-1".to_string()),
+            ("PCBRIDGE_PARTNER_CENTER__CLIENT_ID", CLIENT_ID.to_string()),
+            ("PCBRIDGE_PARTNER_CENTER__CLIENT_SECRET", CLIENT_SECRET.to_string()),
+            ("PCBRIDGE_PARTNER_CENTER__REFRESH_TOKEN", REFRESH_TOKEN.to_string()),
+        ]
+    }
+
     /// Serves `value` at `path` (Partner Center or Graph path, as the worker requests it).
     pub fn put(&self, path: &str, value: Value) {
         self.world.lock().unwrap().resources.insert(path.to_string(), value);
