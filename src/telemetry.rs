@@ -74,7 +74,7 @@ pub struct Metrics {
     pub worker_retries: IntCounterVec,
     /// Dead letters published, by `error_kind`.
     pub dead_letters: IntCounterVec,
-    /// Events being processed by the worker right now.
+    /// Events being enriched by the worker right now (at most `worker.concurrency`).
     pub worker_in_flight: IntGauge,
     /// Kafka consumer lag (high watermark − position) by `topic` and `partition`.
     pub consumer_lag: IntGaugeVec,
@@ -157,9 +157,11 @@ impl Metrics {
         let worker_retries = counter("pcbridge_worker_retries_total", "API call retries by api.", &["api"]);
         let dead_letters =
             counter("pcbridge_dead_letters_total", "Dead letters published by error kind.", &["error_kind"]);
-        let worker_in_flight =
-            IntGauge::new("pcbridge_worker_in_flight_events", "Events being processed by the worker.")
-                .unwrap_or_else(|e| panic!("{e}"));
+        let worker_in_flight = IntGauge::new(
+            "pcbridge_worker_in_flight_events",
+            "Events being enriched by the worker (at most worker.concurrency).",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         registry.register(Box::new(worker_in_flight.clone())).unwrap_or_else(|e| panic!("{e}"));
         let consumer_lag = IntGaugeVec::new(
             Opts::new("pcbridge_consumer_lag", "Kafka consumer lag in messages, by topic and partition."),

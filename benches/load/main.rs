@@ -8,7 +8,8 @@
 //!   worth.
 //! - `worker`: N events preloaded, the simulated API answering in a fixed 20 ms.
 //! - `startup`: spawn to `/readyz` for both roles.
-//! - `soak`: both roles at half load for `PCBRIDGE_BENCH_SOAK_SECS` (600), RSS sampled.
+//! - `soak`: both roles at half load for `PCBRIDGE_BENCH_SOAK_SECS` (600), RSS sampled
+//!   (see soak.rs).
 //!
 //! Figures go to docs/BENCHMARKS.md. The load generator, the broker and the simulator run
 //! in this process, so they share the 2 cores with what is measured.
@@ -19,6 +20,7 @@ mod reference;
 mod scenarios;
 mod servers;
 mod setup;
+mod soak;
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` and nextest run this
@@ -48,6 +50,7 @@ fn main() {
                     "ingress-rabbitmq" => runtime.block_on(scenarios::ingress(setup::Broker::rabbitmq())),
                     "worker" => runtime.block_on(scenarios::worker()),
                     "startup" => runtime.block_on(scenarios::startup()),
+                    "soak" => runtime.block_on(soak::soak()),
                     other => eprintln!("unknown scenario {other}; known: {all:?} and soak"),
                 }
             }

@@ -69,24 +69,39 @@ fn minimal_args(setup: &Setup, broker: &Broker, serial: bool) -> Vec<String> {
     a
 }
 
-/// Empties (or deletes) this run's RabbitMQ queues, so stored messages do not pile up.
-async fn rabbit_tidy(broker: &Broker, delete: bool) {
+/// What [`rabbit_tidy`] does to this run's RabbitMQ queues.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Tidy {
+    /// Empties every queue, so stored messages do not pile up between measurements.
+    Purge,
+    /// Empties only what the worker writes (enriched, dead letter); leaves its input.
+    PurgeOutputs,
+    /// Deletes the queues and the exchange: the run is over.
+    Delete,
+}
+
+/// Tidies this run's RabbitMQ queues; nothing to do on Kafka (the mock cluster caps each
+/// partition's log and goes away with the run).
+pub async fn rabbit_tidy(broker: &Broker, tidy: Tidy) {
     let BrokerSpec::Rabbit { exchange } = &broker.kind else { return };
     let conn = lapin::Connection::connect(RABBITMQ_URL, Default::default()).await.expect("rabbitmq");
     let d = Destinations::new(broker.prefix.clone());
     let config = broker.config();
     let stems = pcbridge::worker::stems(&config);
-    let queues = stems.iter().flat_map(|s| [d.raw(s), d.enriched(s)]).chain([d.dead_letter()]);
+    let raw = stems.iter().map(|s| d.raw(s)).filter(|_| tidy != Tidy::PurgeOutputs);
+    let queues = raw.chain(stems.iter().map(|s| d.enriched(s))).chain([d.dead_letter()]);
     for q in queues {
         // A missing queue closes the channel: one channel per queue.
         let Ok(ch) = conn.create_channel().await else { continue };
-        let _ = if delete {
+        let _ = if tidy == Tidy::Delete {
             ch.queue_delete(q.as_str().into(), Default::default()).await.map(|_| ())
         } else {
             ch.queue_purge(q.as_str().into(), Default::default()).await.map(|_| ())
         };
     }
-    if delete && let Ok(ch) = conn.create_channel().await {
+    if tidy == Tidy::Delete
+        && let Ok(ch) = conn.create_channel().await
+    {
         let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
     }
     let _ = conn.close(200, "done".into()).await;
@@ -102,7 +117,7 @@ pub async fn ingress(broker: Broker) {
     // minimal pipeline will publish to.
     generator::run(ingress.addr, &corpus, Pace::Closed, CLOSED_CONNECTIONS, Duration::ZERO, Duration::from_secs(2))
         .await;
-    rabbit_tidy(&broker, false).await;
+    rabbit_tidy(&broker, Tidy::Purge).await;
     let bare = servers::reference(&["serve-bare"]);
     let args = minimal_args(&setup, &broker, false);
     let minimal = servers::reference(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -125,7 +140,7 @@ pub async fn ingress(broker: Broker) {
             let row = measure(server, &corpus, Pace::Closed, CLOSED_CONNECTIONS).await;
             print_row(name, &load, &row);
             best[i] = best[i].max(row.outcome.rate());
-            rabbit_tidy(&broker, false).await;
+            rabbit_tidy(&broker, Tidy::Purge).await;
         }
     }
     if matches!(broker.kind, BrokerSpec::Rabbit { .. }) {
@@ -133,7 +148,7 @@ pub async fn ingress(broker: Broker) {
         let serial = servers::reference(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let row = measure(&serial, &corpus, Pace::Closed, CLOSED_CONNECTIONS).await;
         print_row("minimal, one publish in flight", &load, &row);
-        rabbit_tidy(&broker, false).await;
+        rabbit_tidy(&broker, Tidy::Purge).await;
     }
     println!(
         "\nBest events/s: bare {:.0}, minimal {:.0}, ingress {:.0}. Ingress / minimal = **{:.2}**, ingress / bare = {:.3}.\n",
@@ -154,16 +169,16 @@ pub async fn ingress(broker: Broker) {
         for (name, server) in [("minimal pipeline", &minimal), ("pcbridge ingress", &ingress)] {
             let row = measure(server, &corpus, Pace::Open(rate), OPEN_CONNECTIONS).await;
             print_row(name, &format!("{rate:.0}/s"), &row);
-            rabbit_tidy(&broker, false).await;
+            rabbit_tidy(&broker, Tidy::Purge).await;
         }
     }
     println!("\nIngress peak RSS since start (VmHWM): {:.1} MiB", mib(status_kib(ingress.pid(), "VmHWM")));
     drop((ingress, minimal, bare));
-    rabbit_tidy(&broker, true).await;
+    rabbit_tidy(&broker, Tidy::Delete).await;
 }
 
 /// Sum of `pcbridge_worker_events_total` from a worker's /metrics.
-async fn worker_done(http: &reqwest::Client, worker: &Server) -> u64 {
+pub async fn worker_done(http: &reqwest::Client, worker: &Server) -> u64 {
     let url = format!("http://{}/metrics", worker.admin.expect("admin"));
     let Ok(r) = http.get(url).send().await else { return 0 };
     let text = r.text().await.unwrap_or_default();
@@ -173,9 +188,12 @@ async fn worker_done(http: &reqwest::Client, worker: &Server) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// N events preloaded; the API answers in a fixed 20 ms; 64 events in flight.
+/// N events preloaded; the API answers in a fixed 20 ms; 64 events enriched at once.
 pub async fn worker() {
-    let n: u64 = env_or("PCBRIDGE_BENCH_WORKER_EVENTS", 20_000);
+    // The mock cluster keeps at most 5 MiB of each partition's log (`rdkafka_mock.c`):
+    // about 15,600 of these raw messages over 3 partitions. More are dropped from the
+    // front before the worker reads them, and the run never completes.
+    let n: u64 = env_or("PCBRIDGE_BENCH_WORKER_EVENTS", 10_000);
     let latency = Duration::from_millis(20);
     let concurrency = 64u64;
     let ideal = concurrency as f64 / latency.as_secs_f64();
@@ -192,6 +210,9 @@ pub async fn worker() {
         broker.preload(n as usize, "w").await;
         let mut env = setup.env(&broker);
         env.push(("PCBRIDGE_WORKER__CONCURRENCY".into(), concurrency.to_string()));
+        if let Ok(prefetch) = std::env::var("PCBRIDGE_BENCH_WORKER_PREFETCH") {
+            env.push(("PCBRIDGE_WORKER__PREFETCH".into(), prefetch));
+        }
         let worker = servers::pcbridge("worker", &env);
         let pid = worker.pid();
         let rss = RssPeak::start(pid);
@@ -233,7 +254,7 @@ pub async fn worker() {
             mib(peak)
         );
         drop(worker);
-        rabbit_tidy(&broker, true).await;
+        rabbit_tidy(&broker, Tidy::Delete).await;
     }
 }
 
@@ -266,6 +287,6 @@ pub async fn startup() {
                 times[times.len() - 1]
             );
         }
-        rabbit_tidy(&broker, true).await;
+        rabbit_tidy(&broker, Tidy::Delete).await;
     }
 }

@@ -19,7 +19,14 @@ use pcbridge::{
     },
     telemetry::Metrics,
 };
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 pub struct Setup {
     pub sim: Simulator,
@@ -139,7 +146,8 @@ impl Broker {
 
     /// The local RabbitMQ, under a prefix and exchange of this run's own.
     pub fn rabbitmq() -> Self {
-        let run = std::process::id();
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let run = format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         Self {
             kind: BrokerSpec::Rabbit { exchange: format!("pcbridge-bench-{run}") },
             prefix: format!("pcbridge-bench-{run}."),
@@ -175,14 +183,35 @@ impl Broker {
     /// Publishes `n` raw subscription-updated events, each for a resource of its own, as
     /// the ingress would have (same message builder); returns when all are confirmed.
     pub async fn preload(&self, n: usize, tag: &str) {
+        self.loader().await.publish(0..n, tag).await;
+    }
+
+    /// A publisher of raw events to this broker, as the ingress would have written them.
+    pub async fn loader(&self) -> Loader {
         let config = self.config();
         let publisher =
-            broker::connect(&config, "pcbridge-bench-preload", Arc::new(Metrics::new())).await.expect("publisher");
-        let d = Destinations::new(self.prefix.clone());
-        let signature = SignatureHeaders::from_headers(&signature_headers()).expect("headers");
-        let publisher: Arc<dyn Publisher> = publisher;
+            broker::connect(&config, "pcbridge-bench-loader", Arc::new(Metrics::new())).await.expect("publisher");
+        Loader {
+            publisher,
+            destinations: Destinations::new(self.prefix.clone()),
+            signature: SignatureHeaders::from_headers(&signature_headers()).expect("headers"),
+        }
+    }
+}
+
+/// Writes raw `subscription-updated` events straight to the broker, bypassing the ingress.
+pub struct Loader {
+    publisher: Arc<dyn Publisher>,
+    destinations: Destinations,
+    signature: SignatureHeaders,
+}
+
+impl Loader {
+    /// Events `range` (subscription `<tag>-<i>`, spread over 500 customers), up to 512
+    /// unconfirmed at a time; returns when all are confirmed.
+    pub async fn publish(&self, range: std::ops::Range<usize>, tag: &str) {
         let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..n {
+        for i in range {
             let body = format!(
                 r#"{{"EventName":"subscription-updated","ResourceUri":"{API_HOST}/webhooks/v1/customers/c-{}/subscriptions/{tag}-{i}","ResourceName":"subscription","ResourceChangeUtcDate":"2026-11-22T08:00:00Z"}}"#,
                 i % 500
@@ -192,13 +221,13 @@ impl Broker {
                 event: &event,
                 event_id: event_id(body.as_bytes()),
                 body: Bytes::from(body),
-                signature: &signature,
+                signature: &self.signature,
                 received_at: "2026-11-22T08:00:00Z".into(),
                 incoming_traceparent: None,
             };
-            let msg = message::raw_message(accepted, &d, API_HOST);
-            let p = publisher.clone();
-            tasks.spawn(async move { p.publish(&msg).await.expect("preload publish") });
+            let msg = message::raw_message(accepted, &self.destinations, API_HOST);
+            let p = self.publisher.clone();
+            tasks.spawn(async move { p.publish(&msg).await.expect("loader publish") });
             if tasks.len() >= 512 {
                 tasks.join_next().await;
             }

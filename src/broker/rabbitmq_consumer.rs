@@ -58,6 +58,13 @@ impl RabbitConsumer {
             client_name: client_name.to_string(),
             reconnect_max_delay: Duration::from_millis(config.rabbitmq.reconnect_max_delay_ms.max(100)),
         };
+        if usize::from(config.worker.prefetch) < 2 * config.worker.concurrency {
+            tracing::warn!(
+                prefetch = config.worker.prefetch,
+                concurrency = config.worker.concurrency,
+                "worker.prefetch is below 2 × worker.concurrency: unacknowledged deliveries waiting for their output's confirm will hold the worker below its concurrency"
+            );
+        }
         let first = open(&settings).await.map_err(|e| {
             SetupError(format!("rabbitmq: cannot consume from {}: {e}", redact_url(&config.rabbitmq.url)))
         })?;

@@ -84,7 +84,10 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Kafka consumer group: replicas in one group share the partitions.
     pub group_id: String,
-    /// RabbitMQ prefetch (unacknowledged deliveries per worker).
+    /// RabbitMQ prefetch (unacknowledged deliveries per worker). A delivery stays
+    /// unacknowledged until its output is confirmed, so the prefetch must cover the events
+    /// being enriched *and* those waiting for a confirm: below about 5 × `concurrency`
+    /// (what the worker holds at most) the broker, not the API, sets the pace.
     pub prefetch: u16,
     /// Most attempts of one API call before the event is dead-lettered.
     pub max_attempts: u32,
@@ -106,7 +109,7 @@ impl Default for WorkerConfig {
             events: Vec::new(),
             concurrency: 64,
             group_id: "pcbridge-worker".into(),
-            prefetch: 128,
+            prefetch: 320,
             max_attempts: 8,
             max_retry_ms: 300_000,
             retry_min_delay_ms: 200,

@@ -3,7 +3,7 @@
 //! that output was confirmed by the broker. It knows the broker only through
 //! [`Consumer`] and [`Publisher`].
 //!
-//! Concurrency: up to `worker.concurrency` deliveries are processed at once; deliveries
+//! Concurrency: up to `worker.concurrency` deliveries are enriched at once; deliveries
 //! with the same key (the ResourceUri) are processed one at a time, in order, so events
 //! about one resource keep their order while many resources proceed at once ([`run`]).
 
@@ -32,7 +32,7 @@ use std::{
 };
 use tokio::{
     net::TcpListener,
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit},
     task::JoinSet,
 };
 
@@ -40,7 +40,7 @@ use tokio::{
 /// bounded and back-pressure reaching the broker.
 const QUEUE_DEPTH: usize = 4;
 
-/// Everything the lanes share.
+/// Everything the chains share.
 pub struct WorkerState {
     pub enricher: Enricher,
     pub publisher: Arc<dyn Publisher>,
@@ -117,7 +117,12 @@ impl WorkerState {
 /// Each key with work has one *chain*: a task that processes that key's deliveries one
 /// after the other, in arrival order. At most `concurrency` chains process at once
 /// (`running`), and at most `concurrency × (1 + QUEUE_DEPTH)` deliveries are held in all
-/// (`admitted`), which is the back-pressure reaching the broker. Unlike fixed lanes picked
+/// (`admitted`), which is the back-pressure reaching the broker. A chain gives its
+/// `running` slot back once the event is enriched: waiting for the broker's confirm of
+/// the output is not API work, and holding the slot through it kept the worker at 0.73
+/// of `concurrency / API latency` on RabbitMQ, whose confirms take a few milliseconds
+/// (docs/BENCHMARKS.md). The chain itself still finishes the event, acknowledgement
+/// included, before it starts the key's next one. Unlike fixed lanes picked
 /// by a hash, a busy key never holds up deliveries of other keys: with 64 lanes and
 /// random keys, the dispatcher waiting on the one full lane kept the worker at about half
 /// of its concurrency (docs/BENCHMARKS.md).
@@ -155,10 +160,8 @@ pub async fn run(state: Arc<WorkerState>, stop: CancellationToken) {
         tasks.spawn(async move {
             let mut next = Some((d, permit));
             while let Some((d, _held)) = next {
-                {
-                    let Ok(_slot) = running.acquire().await else { return };
-                    process(&state, d).await;
-                }
+                let Ok(slot) = running.acquire().await else { return };
+                process(&state, d, slot).await;
                 let mut chains = chains.lock().unwrap_or_else(|p| p.into_inner());
                 next = chains.get_mut(&key).and_then(VecDeque::pop_front);
                 if next.is_none() {
@@ -183,10 +186,11 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// One delivery, start to acknowledgement.
-async fn process(state: &WorkerState, d: Delivery) {
+/// One delivery, start to acknowledgement. `slot` (one of `worker.concurrency`) is held
+/// only until the event is enriched.
+async fn process(state: &WorkerState, d: Delivery, slot: SemaphorePermit<'_>) {
     state.metrics.worker_in_flight.inc();
-    let _guard = InFlight(&state.metrics.worker_in_flight);
+    let in_flight = InFlight(&state.metrics.worker_in_flight);
     let who = identify(&d);
     let duplicate = state.dedup.lock().unwrap_or_else(|p| p.into_inner()).contains(&who.event_id);
     if duplicate {
@@ -217,6 +221,7 @@ async fn process(state: &WorkerState, d: Delivery) {
         }
         Err(Failure::Cancelled) => return,
     };
+    drop((in_flight, slot));
     let (message, outcome) = match publish_until_confirmed(state, &message).await {
         Published::Confirmed => (message, outcome),
         Published::Abandoned => return,
