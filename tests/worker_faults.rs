@@ -243,3 +243,40 @@ async fn refused_enriched_message_is_dead_lettered() {
     worker.stop().await.expect("worker stops");
     app.stop().await.expect("ingress stops");
 }
+
+/// Polls the worker's `/readyz` until it answers `want`; how long that took.
+async fn readyz_turns(worker: &TestWorker, want: u16, within: Duration) -> Duration {
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    loop {
+        let status = http.get(format!("{}/readyz", worker.admin)).send().await.map(|r| r.status().as_u16());
+        if status.as_ref().ok() == Some(&want) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "/readyz still {status:?}, not {want}, after {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `/readyz` on Kafka means "the cluster answers" (SPEC): it turns 503 when the only
+/// broker goes down and 200 again when it is back, although the consumer keeps its
+/// partitions throughout (no rebalance happens to announce the recovery). It is ready
+/// before the group's first assignment, which the broker delays by
+/// `group.initial.rebalance.delay.ms` (3 s on the mock cluster, as on Kafka).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_readiness_follows_the_cluster() {
+    let pc = Pc::new().await;
+    let bus = Bus::new(BrokerKind::Kafka).await;
+    let api = PcApi::start().await;
+    let config = worker_config(bus.config(&pc), &api);
+    let worker = spawn_worker(&config).await;
+    let first = readyz_turns(&worker, 200, Duration::from_secs(10)).await;
+    assert!(first < Duration::from_millis(2500), "ready once connected, not after the first assignment: {first:?}");
+
+    let Bus::Kafka(mock) = &bus else { unreachable!() };
+    mock.broker_down(1).expect("broker down");
+    readyz_turns(&worker, 503, Duration::from_secs(10)).await;
+    mock.broker_up(1).expect("broker up");
+    readyz_turns(&worker, 200, Duration::from_secs(10)).await;
+    worker.stop().await.expect("worker stops");
+}

@@ -21,6 +21,15 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
+/// The first process whose command name is `comm` (e.g. RabbitMQ's `beam.smp`).
+pub fn find_pid(comm: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (name.trim() == comm).then_some(pid)
+    })
+}
+
 /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
 pub fn status_kib(pid: u32, field: &str) -> u64 {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return 0 };

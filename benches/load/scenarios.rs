@@ -1,7 +1,7 @@
 //! The scenarios: each prints Markdown table rows for docs/BENCHMARKS.md.
 
 use crate::generator::{self, Corpus, Outcome, Pace};
-use crate::procstat::{RssPeak, cpu_seconds, mib, status_kib};
+use crate::procstat::{RssPeak, cpu_seconds, find_pid, mib, status_kib};
 use crate::servers::{self, Server};
 use crate::setup::{Broker, BrokerSpec, RABBITMQ_URL, Setup};
 use pcbridge::partner_center::event::Destinations;
@@ -23,35 +23,49 @@ struct Row {
     outcome: Outcome,
     /// CPU cores the server used over the run.
     cores: f64,
+    /// CPU cores of this process (load generator, simulator, mock Kafka) and of RabbitMQ.
+    bench_cores: f64,
+    rabbitmq_cores: Option<f64>,
     peak_rss_kib: u64,
 }
 
-async fn measure(server: &Server, corpus: &Corpus, pace: Pace, connections: usize) -> Row {
+async fn measure(server: &Server, broker: &Broker, corpus: &Corpus, pace: Pace, connections: usize) -> Row {
     let pid = server.pid();
-    let (cpu0, started, rss) = (cpu_seconds(pid), Instant::now(), RssPeak::start(pid));
+    let rabbit = matches!(broker.kind, BrokerSpec::Rabbit { .. }).then(|| find_pid("beam.smp")).flatten();
+    let me = std::process::id();
+    let cpu = || (cpu_seconds(pid), cpu_seconds(me), rabbit.map(cpu_seconds));
+    let (cpu0, started, rss) = (cpu(), Instant::now(), RssPeak::start(pid));
     let outcome = generator::run(server.addr, corpus, pace, connections, WARMUP, MEASURE).await;
-    let cores = (cpu_seconds(pid) - cpu0) / started.elapsed().as_secs_f64();
-    Row { outcome, cores, peak_rss_kib: rss.finish() }
+    let (cpu1, secs) = (cpu(), started.elapsed().as_secs_f64());
+    Row {
+        outcome,
+        cores: (cpu1.0 - cpu0.0) / secs,
+        bench_cores: (cpu1.1 - cpu0.1) / secs,
+        rabbitmq_cores: cpu1.2.zip(cpu0.2).map(|(b, a)| (b - a) / secs),
+        peak_rss_kib: rss.finish(),
+    }
 }
 
 fn print_header() {
     println!(
-        "| server | load | events/s | p50 ms | p99 ms | p99.9 ms | failed | server CPU (cores) | server peak RSS MiB |"
+        "| server | load | events/s | p50 ms | p99 ms | p99.9 ms | failed | server CPU (cores) | server peak RSS MiB | bench process CPU | RabbitMQ CPU |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
 }
 
 fn print_row(name: &str, load: &str, r: &Row) {
     let o = &r.outcome;
     println!(
-        "| {name} | {load} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.1} |",
+        "| {name} | {load} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.1} | {:.2} | {} |",
         o.rate(),
         o.ms(0.5),
         o.ms(0.99),
         o.ms(0.999),
         o.failed,
         r.cores,
-        mib(r.peak_rss_kib)
+        mib(r.peak_rss_kib),
+        r.bench_cores,
+        r.rabbitmq_cores.map_or("—".to_string(), |c| format!("{c:.2}"))
     );
 }
 
@@ -137,7 +151,7 @@ pub async fn ingress(broker: Broker) {
                 .into_iter()
                 .enumerate()
         {
-            let row = measure(server, &corpus, Pace::Closed, CLOSED_CONNECTIONS).await;
+            let row = measure(server, &broker, &corpus, Pace::Closed, CLOSED_CONNECTIONS).await;
             print_row(name, &load, &row);
             best[i] = best[i].max(row.outcome.rate());
             rabbit_tidy(&broker, Tidy::Purge).await;
@@ -146,7 +160,7 @@ pub async fn ingress(broker: Broker) {
     if matches!(broker.kind, BrokerSpec::Rabbit { .. }) {
         let args = minimal_args(&setup, &broker, true);
         let serial = servers::reference(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        let row = measure(&serial, &corpus, Pace::Closed, CLOSED_CONNECTIONS).await;
+        let row = measure(&serial, &broker, &corpus, Pace::Closed, CLOSED_CONNECTIONS).await;
         print_row("minimal, one publish in flight", &load, &row);
         rabbit_tidy(&broker, Tidy::Purge).await;
     }
@@ -167,7 +181,7 @@ pub async fn ingress(broker: Broker) {
     };
     for rate in rates {
         for (name, server) in [("minimal pipeline", &minimal), ("pcbridge ingress", &ingress)] {
-            let row = measure(server, &corpus, Pace::Open(rate), OPEN_CONNECTIONS).await;
+            let row = measure(server, &broker, &corpus, Pace::Open(rate), OPEN_CONNECTIONS).await;
             print_row(name, &format!("{rate:.0}/s"), &row);
             rabbit_tidy(&broker, Tidy::Purge).await;
         }

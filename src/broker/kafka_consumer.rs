@@ -78,7 +78,6 @@ impl ConsumerContext for GroupContext {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
-            self.ready.store(true, Ordering::Relaxed);
             tracing::info!(count = list.count(), "partitions assigned");
         }
     }
@@ -132,7 +131,30 @@ impl KafkaConsumer {
             .name("kafka-poll".into())
             .spawn(move || poll_loop(&c, &t, &s, &tx))
             .map_err(|e| SetupError(format!("kafka poll thread: {e}")))?;
+        let (c, r, s) = (consumer.clone(), ready.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("kafka-probe".into())
+            .spawn(move || probe_loop(&c, &r, &s))
+            .map_err(|e| SetupError(format!("kafka probe thread: {e}")))?;
         Ok(Self { consumer, tracker, deliveries: Mutex::new(rx), stop, ready })
+    }
+}
+
+/// Readiness as SPEC'd for `/readyz`: the cluster answers (a metadata request every 2 s,
+/// as the producer's probe does). Not "partitions assigned": a group's first assignment
+/// waits out the broker's `group.initial.rebalance.delay.ms` (3 s by default), a replica
+/// beyond the partition count never gets one, and a consumer keeps its partitions
+/// through a broker outage without a new assignment to say it is back.
+fn probe_loop(consumer: &BaseConsumer<GroupContext>, ready: &AtomicBool, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let ok = consumer.fetch_metadata(None, Duration::from_secs(2)).is_ok();
+        ready.store(ok, Ordering::Relaxed);
+        for _ in 0..20 {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
