@@ -12,7 +12,7 @@ use crate::config::{Config, QueueType, RabbitMqConfig, redact_url};
 use crate::telemetry::Metrics;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm,
     options::{
         BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     },
@@ -154,7 +154,7 @@ impl RabbitMq {
             std::task::Poll::Pending => publish.await,
         }
         .map_err(|e| self.link_error(e))?;
-        match confirm.await.map_err(|e| self.link_error(e))? {
+        match Confirm(Some(confirm)).wait().await.map_err(|e| self.link_error(e))? {
             Confirmation::Ack(None) => Ok(true),
             Confirmation::Ack(Some(_)) => Ok(false),
             // RabbitMQ nacks only on an internal error of the queue's process: transient.
@@ -214,6 +214,35 @@ pub(crate) async fn declare_exchange(channel: &Channel, exchange: &str) -> Resul
             FieldTable::default(),
         )
         .await
+}
+
+/// A publisher confirm that is awaited to the end even when its publish is abandoned
+/// (the ingress's publish timeout, a client that hung up). lapin keeps every confirm
+/// dropped unresolved in a list that only `wait_for_confirms` or a channel error empties
+/// (lapin 4.12, `returned_messages.rs`); on a channel that lives for weeks, each abandoned
+/// publish would stay there. Dropped before it resolves, this hands the wait to a task.
+struct Confirm(Option<PublisherConfirm>);
+
+impl Confirm {
+    async fn wait(mut self) -> Result<Confirmation, lapin::Error> {
+        let Some(confirm) = self.0.as_mut() else { return Ok(Confirmation::NotRequested) };
+        let result = confirm.await;
+        // Resolved: nothing left for `drop` to hand over.
+        self.0 = None;
+        result
+    }
+}
+
+impl Drop for Confirm {
+    fn drop(&mut self) {
+        if let Some(confirm) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = confirm.await;
+            });
+        }
+    }
 }
 
 /// AMQP message properties: persistent, identified, typed, with the application
