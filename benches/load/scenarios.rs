@@ -14,7 +14,7 @@ const CLOSED_CONNECTIONS: usize = 32;
 /// Connections of the open loop: enough that a rate is never limited by them.
 const OPEN_CONNECTIONS: usize = 64;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 

@@ -15,7 +15,7 @@
 
 use crate::generator::{self, Pace};
 use crate::procstat::{cpu_seconds, mib, status_kib};
-use crate::scenarios::{Tidy, rabbit_tidy, worker_done};
+use crate::scenarios::{Tidy, env_or, rabbit_tidy, worker_done};
 use crate::servers;
 use crate::setup::{Broker, BrokerSpec, Setup};
 use std::{
@@ -28,10 +28,6 @@ use std::{
 
 const SAMPLE: Duration = Duration::from_secs(10);
 const MINUTE: usize = 6;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 struct Sample {
     ingress_kib: u64,
