@@ -5,7 +5,8 @@
 //! - `ingress-kafka`, `ingress-rabbitmq`: the bare HTTP limit, the minimal pipeline and
 //!   the ingress, as fast as they go (closed loop) and at fixed rates (open loop);
 //!   RabbitMQ also with one publish in flight at a time, to show what batching confirms is
-//!   worth.
+//!   worth. `PCBRIDGE_BENCH_INGRESS_RATES` (comma-separated events/s; empty skips the
+//!   open loop) narrows the fixed rates, e.g. for a profiling run.
 //! - `worker`: N events preloaded, the simulated API answering in a fixed 20 ms.
 //! - `startup`: spawn to `/readyz` for both roles.
 //! - `soak`: both roles at half load for `PCBRIDGE_BENCH_SOAK_SECS` (600), RSS sampled

@@ -175,10 +175,16 @@ pub async fn ingress(broker: Broker) {
 
     println!("### Fixed rates ({OPEN_CONNECTIONS} connections, open loop)\n");
     print_header();
-    let rates: Vec<f64> = match broker.kind {
-        BrokerSpec::Kafka(_) => vec![1000.0, 2500.0, 5000.0, 10000.0, 15000.0, 20000.0],
-        BrokerSpec::Rabbit { .. } => vec![1000.0, 2500.0, 5000.0, 7500.0, 10000.0],
+    let default_rates = match broker.kind {
+        BrokerSpec::Kafka(_) => "1000,2500,5000,10000,15000,20000",
+        BrokerSpec::Rabbit { .. } => "1000,2500,5000,7500,10000",
     };
+    // `PCBRIDGE_BENCH_INGRESS_RATES=5000` (or empty, to skip the open loop) when profiling.
+    let rates: Vec<f64> = std::env::var("PCBRIDGE_BENCH_INGRESS_RATES")
+        .unwrap_or_else(|_| default_rates.to_string())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
     for rate in rates {
         for (name, server) in [("minimal pipeline", &minimal), ("pcbridge ingress", &ingress)] {
             let row = measure(server, &broker, &corpus, Pace::Open(rate), OPEN_CONNECTIONS).await;
