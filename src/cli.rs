@@ -109,6 +109,8 @@ async fn run_ingress(config: Config) -> anyhow::Result<()> {
 }
 
 async fn run_worker(config: Config) -> anyhow::Result<()> {
+    // Before anything connects: a worker without credentials must not turn ready.
+    worker::check_credentials(&config).map_err(anyhow::Error::msg)?;
     let metrics = Arc::new(Metrics::new());
     let stop = shutdown::on_signal();
     let admin_listener = TcpListener::bind(config.admin.listen)

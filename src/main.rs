@@ -19,6 +19,25 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read when it initialises (`_RJEM_MALLOC_CONF` in the environment
+/// overrides them): a background thread returns pages freed after a burst to the system
+/// within about a second, even while the process is idle, instead of keeping them until
+/// the next allocation triggers a purge. After a flood of large bodies the ingress goes
+/// back near its resting size (tests/ingress_memory.rs).
+#[cfg(not(target_env = "msvc"))]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_CONF: JemallocConf =
+    JemallocConf(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+
+/// A `const char *` jemalloc reads once, at start-up.
+#[cfg(not(target_env = "msvc"))]
+#[repr(transparent)]
+struct JemallocConf(*const std::ffi::c_char);
+
+// SAFETY: it points at a string literal, which is immutable for the program's life.
+#[cfg(not(target_env = "msvc"))]
+unsafe impl Sync for JemallocConf {}
+
 fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

@@ -43,6 +43,8 @@ pub mod outcome {
     pub const CERTIFICATE_UNAVAILABLE: &str = "certificate_unavailable";
     pub const BROKER_UNAVAILABLE: &str = "broker_unavailable";
     pub const SHUTTING_DOWN: &str = "shutting_down";
+    /// Shed: the body budget (`ingress.max_buffered_body_bytes`) was spent.
+    pub const OVERLOADED: &str = "overloaded";
 }
 
 /// Every metric the product exports.
@@ -76,8 +78,18 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Events being enriched by the worker right now (at most `worker.concurrency`).
     pub worker_in_flight: IntGauge,
-    /// Kafka consumer lag (high watermark − position) by `topic` and `partition`.
+    /// Kafka consumer lag (high watermark − position) by `topic` and `partition`. A
+    /// partition's series is removed when it is revoked, so a rebalance leaves no stale
+    /// lag behind on the replica that lost it.
     pub consumer_lag: IntGaugeVec,
+    /// Kafka partitions assigned to this consumer now. Readiness means the cluster
+    /// answers; this says whether the group has given the replica work yet.
+    pub consumer_assigned_partitions: IntGauge,
+    /// Webhook request duration, first byte to answer, by `outcome` (see [`outcome`]).
+    pub ingress_request_duration: HistogramVec,
+    /// Age of an event when the worker finishes it (now − `pc-received-at`), by
+    /// `outcome` (see [`worker_outcome`]): the end-to-end delay downstream sees.
+    pub worker_event_age: HistogramVec,
 }
 
 /// Outcomes of one event in the worker, the `outcome` label of `pcbridge_worker_events_total`.
@@ -169,7 +181,47 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         registry.register(Box::new(consumer_lag.clone())).unwrap_or_else(|e| panic!("{e}"));
+        let consumer_assigned_partitions = IntGauge::new(
+            "pcbridge_consumer_assigned_partitions",
+            "Kafka partitions assigned to this consumer (0 until the group has formed).",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        registry.register(Box::new(consumer_assigned_partitions.clone())).unwrap_or_else(|e| panic!("{e}"));
+        let ingress_request_duration = HistogramVec::new(
+            HistogramOpts::new("pcbridge_ingress_request_duration_seconds", "Webhook request duration by outcome.")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["outcome"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        registry.register(Box::new(ingress_request_duration.clone())).unwrap_or_else(|e| panic!("{e}"));
+        let worker_event_age = HistogramVec::new(
+            HistogramOpts::new(
+                "pcbridge_worker_event_age_seconds",
+                "Age of an event (now - pc-received-at) when the worker finishes it, by outcome.",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0,
+            ]),
+            &["outcome"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        registry.register(Box::new(worker_event_age.clone())).unwrap_or_else(|e| panic!("{e}"));
+        let build_info = IntGaugeVec::new(
+            Opts::new("pcbridge_build_info", "Always 1; the labels name the running build."),
+            &["version"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build_info)).unwrap_or_else(|e| panic!("{e}"));
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds… (Linux).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .unwrap_or_else(|e| panic!("{e}"));
         Self {
+            consumer_assigned_partitions,
+            ingress_request_duration,
+            worker_event_age,
             registry,
             api_request_duration,
             token_requests,
@@ -216,5 +268,13 @@ mod tests {
         let text = m.render();
         assert!(text.contains("pcbridge_ingress_requests_total{outcome=\"published\"} 1"), "{text}");
         assert!(text.contains("pcbridge_publish_duration_seconds_bucket"), "{text}");
+        assert!(
+            text.contains(&format!("pcbridge_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))),
+            "{text}"
+        );
+        #[cfg(target_os = "linux")]
+        for family in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"] {
+            assert!(text.contains(family), "{family} missing: {text}");
+        }
     }
 }

@@ -173,3 +173,51 @@ async fn check_reaches_every_dependency() {
     assert!(text.contains("FAIL certificate") && text.contains("404"), "{text}");
     assert!(!text.contains("wrong"), "the secret is not echoed: {text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_without_credentials_refuses_to_start() {
+    // No tenant, client id or secret: the worker would dead-letter everything as
+    // `permanent`, so it exits at once naming every missing key.
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("mock");
+    let admin_port = common::net::closed_port().await;
+    let mut cmd = pcbridge();
+    cmd.args(["worker"])
+        .env("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", mock.bootstrap_servers())
+        .env("PCBRIDGE_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+        .env("PCBRIDGE_PARTNER_CENTER__CLIENT_ID", "client-1");
+    let started = Instant::now();
+    let out = cmd.output().expect("run pcbridge worker");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10), "refused only after {:?}", started.elapsed());
+    for key in ["partner_center.tenant_id", "PCBRIDGE_PARTNER_CENTER__CLIENT_SECRET"] {
+        assert!(stderr.contains(key), "should name {key}: {stderr}");
+    }
+    assert!(!stderr.contains("partner_center.client_id"), "client_id is set: {stderr}");
+
+    // A worker whose events call no API (DAP only) needs no credentials: it turns ready.
+    pcbridge::partner_center::install_crypto_provider();
+    let mut child = pcbridge()
+        .args(["worker"])
+        .env("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", mock.bootstrap_servers())
+        .env("PCBRIDGE_KAFKA__REPLICATION_FACTOR", "1")
+        .env("PCBRIDGE_BROKER__PREFIX", common::unique_prefix())
+        .env("PCBRIDGE_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+        .env("PCBRIDGE_WORKER__EVENTS", "[\"dap-admin-relationship-approved\",\"dap-admin-relationship-terminated\"]")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pcbridge worker");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = http.get(format!("http://127.0.0.1:{admin_port}/readyz")).send().await.map(|r| r.status().as_u16());
+        if matches!(ready, Ok(200)) {
+            break;
+        }
+        assert!(child.try_wait().expect("wait").is_none(), "the DAP-only worker exited");
+        assert!(Instant::now() < deadline, "the DAP-only worker did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -134,7 +134,7 @@ proptest! {
         let host = parsed.as_ref().and_then(|u| u.host_str()).map(str::to_ascii_lowercase);
         let userinfo = parsed.as_ref().is_some_and(|u| !u.username().is_empty() || u.password().is_some());
         match resolver.resource(&name, Some(&uri)) {
-            Ok(Some(Target::PartnerCenter { path_and_query })) | Ok(Some(Target::FraudEvents { subscription_id: path_and_query })) => {
+            Ok(Some(Target::PartnerCenter { path_and_query })) | Ok(Some(Target::FraudEvents { subscription_id: path_and_query, .. })) => {
                 prop_assert_eq!(host.as_deref(), Some("api.partnercenter.microsoft.com"), "{} → {}", uri, path_and_query);
                 prop_assert!(!userinfo, "userinfo accepted: {}", uri);
             }

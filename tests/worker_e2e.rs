@@ -96,6 +96,7 @@ async fn end_to_end(kind: BrokerKind) {
             assert_eq!(fraud[0]["hitCount"], json!(10), "numbers typed");
             assert_eq!(fraud[0]["isTest"], json!(false), "booleans typed");
             assert_eq!(fraud[0]["activityLogs"][0]["statusTo"], "Investigating", "activityLogs decoded");
+            assert_eq!(env["resource"]["kind"], "subscription", "the subscription its ResourceUri names: {env}");
         } else {
             assert_eq!(status, "enriched", "{name}: {env}");
             assert!(env["resource"]["kind"].is_string(), "{name}: resource fetched: {env}");

@@ -72,13 +72,20 @@ impl ConsumerContext for GroupContext {
                 );
             }
             self.tracker.forget(&partitions);
+            for (topic, partition) in &partitions {
+                // Another replica reports this partition's lag from now on.
+                let _ = self.metrics.consumer_lag.remove_label_values(&[topic, &partition.to_string()]);
+            }
             tracing::info!(count = partitions.len(), "partitions revoked");
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
             tracing::info!(count = list.count(), "partitions assigned");
+        }
+        if let Ok(assignment) = consumer.assignment() {
+            self.metrics.consumer_assigned_partitions.set(assignment.count() as i64);
         }
     }
 }

@@ -28,7 +28,12 @@ impl Config {
                 path.display()
             )));
         }
+        // Kubernetes injects service-link variables for every Service of the namespace
+        // (`PCBRIDGE_INGRESS_PORT=tcp://…` for the Service `pcbridge-ingress`). Every key
+        // lives in a section, so a variable without `__` is not configuration: only the
+        // `PCBRIDGE_LOG_FORMAT` alias is. A typo in a variable with `__` is still an error.
         let env = env
+            .filter(|key| key.as_str().contains("__") || key.as_str().eq_ignore_ascii_case("log_format"))
             .map(|key| {
                 if key.as_str().eq_ignore_ascii_case("log_format") {
                     "log.format".into()

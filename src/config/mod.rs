@@ -139,7 +139,13 @@ pub struct IngressConfig {
     /// Address of the webhook listener (`POST /webhooks/partner-center`).
     pub listen: SocketAddr,
     /// Largest accepted body; larger requests get 413 and are not read further.
+    /// Partner Center's events are a few hundred bytes to a few KB.
     pub max_body_bytes: usize,
+    /// Most body bytes buffered at once across all requests. Each request reserves its
+    /// Content-Length (or `max_body_bytes` when it declares none) before its body is
+    /// read; beyond the budget requests get 503 with `Retry-After`. This, not the request
+    /// count, bounds the memory unauthenticated clients can make the ingress hold.
+    pub max_buffered_body_bytes: usize,
     /// How long a request waits for the broker's confirm before answering 503.
     /// Kept well under Partner Center's delivery timeout so a slow broker costs the
     /// sender a fast retry rather than a timed-out attempt.
@@ -154,7 +160,8 @@ impl Default for IngressConfig {
     fn default() -> Self {
         Self {
             listen: ([0, 0, 0, 0], 8080).into(),
-            max_body_bytes: 1024 * 1024,
+            max_body_bytes: 64 * 1024,
+            max_buffered_body_bytes: 32 * 1024 * 1024,
             publish_timeout_ms: 5_000,
             request_timeout_ms: 10_000,
             max_concurrent_requests: 1024,
@@ -394,6 +401,12 @@ impl Config {
         }
         if self.ingress.max_body_bytes == 0 {
             return bad("ingress.max_body_bytes", "must be greater than 0".into());
+        }
+        if self.ingress.max_buffered_body_bytes < self.ingress.max_body_bytes {
+            return bad(
+                "ingress.max_buffered_body_bytes",
+                format!("must be at least ingress.max_body_bytes ({})", self.ingress.max_body_bytes),
+            );
         }
         if self.ingress.publish_timeout_ms == 0 {
             return bad("ingress.publish_timeout_ms", "must be greater than 0".into());

@@ -65,6 +65,29 @@ fn bad_key_is_named() {
 }
 
 #[test]
+fn kubernetes_service_links_are_not_configuration() {
+    // The Services `pcbridge-ingress` and `pcbridge-worker` make the kubelet inject these.
+    let links = [
+        ("INGRESS_PORT", "tcp://10.0.0.1:80"),
+        ("INGRESS_SERVICE_HOST", "10.0.0.1"),
+        ("INGRESS_SERVICE_PORT", "80"),
+        ("INGRESS_SERVICE_PORT_WEBHOOK", "80"),
+        ("INGRESS_PORT_80_TCP", "tcp://10.0.0.1:80"),
+        ("INGRESS_PORT_80_TCP_ADDR", "10.0.0.1"),
+        ("INGRESS_PORT_80_TCP_PORT", "80"),
+        ("INGRESS_PORT_80_TCP_PROTO", "tcp"),
+        ("WORKER_PORT", "tcp://10.0.0.2:9090"),
+        ("WORKER_SERVICE_HOST", "10.0.0.2"),
+    ];
+    let f = file("");
+    let c = Config::load_with_env(&f.0, true, env(&links)).unwrap();
+    assert_eq!(c.ingress.listen, IngressConfig::default().listen);
+    // A typo in a real key (it has `__`) is still refused, naming the key.
+    let err = Config::load_with_env(&f.0, true, env(&[("INGRESS__LISEN", "0.0.0.0:1")])).unwrap_err().to_string();
+    assert!(err.contains("lisen"), "{err}");
+}
+
+#[test]
 fn validation_names_the_key() {
     let mut c = Config::default();
     c.broker.prefix = "bad prefix/".into();

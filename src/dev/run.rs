@@ -176,6 +176,10 @@ struct Pipeline {
     ingress_admin: SocketAddr,
     worker_admin: SocketAddr,
     observer: Arc<dyn Consumer>,
+    /// The downstream reader's own metrics: its assigned partitions.
+    observer_metrics: Arc<Metrics>,
+    /// Kafka consumers need their partitions assigned before events flow.
+    kafka: bool,
     stop: CancellationToken,
     roles: Vec<tokio::task::JoinHandle<Result<(), String>>>,
 }
@@ -233,27 +237,51 @@ impl Pipeline {
         let d = Destinations::new(config.broker.prefix.clone());
         let outputs: Vec<String> =
             worker::stems(config).iter().map(|s| d.enriched(s)).chain([d.dead_letter()]).collect();
-        let observer = broker::consume(&reader, outputs, "pcbridge-dev-downstream", Arc::new(Metrics::new()))
+        let observer_metrics = Arc::new(Metrics::new());
+        let observer = broker::consume(&reader, outputs, "pcbridge-dev-downstream", observer_metrics.clone())
             .await
             .map_err(|e| broker_err("downstream reader", e))?;
-        let pipeline = Self { webhook_addr, ingress_admin, worker_admin, observer, stop, roles: vec![ingress, worker] };
+        let pipeline = Self {
+            webhook_addr,
+            ingress_admin,
+            worker_admin,
+            observer,
+            observer_metrics,
+            kafka: config.broker.kind == BrokerKind::Kafka,
+            stop,
+            roles: vec![ingress, worker],
+        };
         pipeline.wait_ready(Duration::from_secs(60)).await?;
         Ok(pipeline)
     }
 
-    /// Waits until the ingress and the worker answer `/readyz` (broker connected,
-    /// partitions assigned) and the downstream reader is consuming, so that the first
-    /// events do not measure a consumer group forming.
+    /// Waits until the ingress and the worker answer `/readyz` (broker connected) and, on
+    /// Kafka, until the worker and the downstream reader have partitions assigned
+    /// (`pcbridge_consumer_assigned_partitions`, as an operator would read it on
+    /// `/metrics`), so that the first events do not measure a consumer group forming.
     async fn wait_ready(&self, limit: Duration) -> Result<(), DevError> {
         let http = reqwest::Client::new();
         let ready = |addr: SocketAddr| {
             let request = http.get(format!("http://{addr}/readyz")).timeout(Duration::from_secs(1)).send();
             async move { request.await.is_ok_and(|r| r.status().is_success()) }
         };
+        let assigned = |addr: SocketAddr| {
+            let request = http.get(format!("http://{addr}/metrics")).timeout(Duration::from_secs(1)).send();
+            async move {
+                let Ok(response) = request.await else { return false };
+                let text = response.text().await.unwrap_or_default();
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("pcbridge_consumer_assigned_partitions "))
+                    .any(|v| v.trim().parse::<f64>().is_ok_and(|n| n > 0.0))
+            }
+        };
         let deadline = tokio::time::Instant::now() + limit;
         eprint!("Starting: waiting for the ingress, the worker and the downstream reader to be ready…");
         loop {
-            let (i, w) = (ready(self.ingress_admin).await, ready(self.worker_admin).await);
+            let (i, mut w) = (ready(self.ingress_admin).await, ready(self.worker_admin).await);
+            if self.kafka && w {
+                w = assigned(self.worker_admin).await && self.observer_metrics.consumer_assigned_partitions.get() > 0;
+            }
             if i && w && self.observer.is_ready() {
                 eprintln!(" ready.");
                 return Ok(());

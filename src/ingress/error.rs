@@ -28,6 +28,9 @@ pub enum Rejection {
     Broker(#[from] PublishError),
     #[error("shutting down")]
     ShuttingDown,
+    /// The body budget (`ingress.max_buffered_body_bytes`) is spent: shed, do not queue.
+    #[error("too many request bodies in flight; retry later")]
+    Overloaded,
 }
 
 impl Rejection {
@@ -37,7 +40,7 @@ impl Rejection {
             Rejection::Signature(_) => StatusCode::UNAUTHORIZED,
             Rejection::Event(_) | Rejection::BodyRead(_) => StatusCode::BAD_REQUEST,
             Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Rejection::Broker(_) | Rejection::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Broker(_) | Rejection::ShuttingDown | Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -53,6 +56,7 @@ impl Rejection {
             Rejection::Broker(PublishError::Timeout(_)) => "broker_timeout",
             Rejection::Broker(_) => "broker_unavailable",
             Rejection::ShuttingDown => "shutting_down",
+            Rejection::Overloaded => "overloaded",
         }
     }
 
@@ -65,6 +69,7 @@ impl Rejection {
             Rejection::TooLarge(_) => outcome::TOO_LARGE,
             Rejection::Broker(_) => outcome::BROKER_UNAVAILABLE,
             Rejection::ShuttingDown => outcome::SHUTTING_DOWN,
+            Rejection::Overloaded => outcome::OVERLOADED,
         }
     }
 }

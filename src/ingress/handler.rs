@@ -22,6 +22,7 @@ use bytes::Bytes;
 use serde_json::json;
 use std::sync::Arc;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Keeps `pcbridge_ingress_in_flight_requests` right, however the request ends.
 struct InFlight<'a>(&'a prometheus::IntGauge);
@@ -43,15 +44,21 @@ impl Drop for InFlight<'_> {
 pub async fn receive(State(state): State<Arc<IngressState>>, headers: HeaderMap, body: Body) -> Response {
     let metrics = &state.metrics;
     let _in_flight = InFlight::enter(&metrics.ingress_in_flight);
+    let started = std::time::Instant::now();
+    let observe = |outcome: &str| {
+        metrics.ingress_request_duration.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
+    };
     match accept(&state, &headers, body).await {
         Ok((event_id, destination, event_name)) => {
             metrics.ingress_requests.with_label_values(&[outcome::PUBLISHED]).inc();
+            observe(outcome::PUBLISHED);
             metrics.ingress_events.with_label_values(&[&event_name]).inc();
             tracing::info!(event_id, event_name, destination, "event published");
             (StatusCode::OK, Json(json!({ "eventId": event_id, "destination": destination }))).into_response()
         }
         Err(rejection) => {
             metrics.ingress_requests.with_label_values(&[rejection.outcome()]).inc();
+            observe(rejection.outcome());
             if let Rejection::Signature(e) = &rejection {
                 metrics.verification_failures.with_label_values(&[e.reason()]).inc();
                 if e.is_transient() {
@@ -80,6 +87,8 @@ async fn accept(state: &IngressState, headers: &HeaderMap, body: Body) -> Result
         return Err(Rejection::TooLarge(limit));
     }
     let signature = SignatureHeaders::from_headers(headers)?;
+    // Held until the answer: the body lives on in the published message until then.
+    let _buffered = reserve_body(state, declared_length)?;
     let body = read_body(body, limit).await?;
     let verified = state.verifier.verify(&signature, &body).await?;
     match verified.cache {
@@ -113,6 +122,15 @@ async fn accept(state: &IngressState, headers: &HeaderMap, body: Body) -> Result
         Ok(Err(e)) => Err(Rejection::Broker(e)),
         Err(_) => Err(Rejection::Broker(crate::broker::PublishError::Timeout(state.publish_timeout))),
     }
+}
+
+/// Reserves the body's bytes in the shared budget: its Content-Length, or the whole
+/// `max_body_bytes` when it declares none (chunked). Never waits: a full budget means
+/// overload, answered 503 at once rather than queued.
+fn reserve_body(state: &IngressState, declared_length: Option<u64>) -> Result<OwnedSemaphorePermit, Rejection> {
+    let bytes = declared_length.map_or(state.max_body_bytes as u64, |n| n.max(1));
+    let permits = u32::try_from(bytes).map_err(|_| Rejection::TooLarge(state.max_body_bytes))?;
+    state.body_budget.clone().try_acquire_many_owned(permits).map_err(|_| Rejection::Overloaded)
 }
 
 /// Reads the whole body, refusing more than `limit` bytes.

@@ -13,12 +13,15 @@ use crate::shutdown::CancellationToken;
 use crate::telemetry::Metrics;
 use axum::{Router, routing::post};
 use std::{sync::Arc, time::Duration};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tower::limit::ConcurrencyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 /// The path Partner Center posts to.
 pub const WEBHOOK_PATH: &str = "/webhooks/partner-center";
+
+/// hyper's per-connection read buffer limit (headers, and body bytes not yet consumed).
+const HTTP1_MAX_BUF_BYTES: usize = 64 * 1024;
 
 /// What every request needs, shared.
 pub struct IngressState {
@@ -29,6 +32,11 @@ pub struct IngressState {
     /// CloudEvents `source`: the Partner Center base URL.
     pub source: String,
     pub max_body_bytes: usize,
+    /// Body bytes that may be buffered at once, as permits: a request holds its share
+    /// from before its body is read until it is answered. Bounding the bytes (not only
+    /// the requests) is what keeps unauthenticated clients trickling large bodies from
+    /// pushing the pod past its memory limit; past the budget requests get 503.
+    pub body_budget: Arc<Semaphore>,
     /// Upper bound on waiting for the confirm; past it the answer is 503, never 2xx.
     pub publish_timeout: Duration,
     pub request_timeout: Duration,
@@ -52,6 +60,7 @@ impl IngressState {
             destinations: Destinations::new(config.broker.prefix.clone()),
             source: config.partner_center.base_url.clone(),
             max_body_bytes: config.ingress.max_body_bytes,
+            body_budget: Arc::new(Semaphore::new(config.ingress.max_buffered_body_bytes.min(Semaphore::MAX_PERMITS))),
             publish_timeout: config.ingress.publish_timeout(),
             request_timeout: config.ingress.request_timeout(),
             max_concurrent_requests: config.ingress.max_concurrent_requests,
@@ -88,7 +97,9 @@ pub async fn run(listener: TcpListener, state: Arc<IngressState>, shutdown: Canc
     let header_timeout = state.request_timeout;
     let app = router(state);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    // hyper buffers up to ~400 KiB per connection by default when the handler reads
+    // slower than the client writes; a webhook needs a fraction of that.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(HTTP1_MAX_BUF_BYTES);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let stream = tokio::select! {

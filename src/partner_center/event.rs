@@ -38,6 +38,13 @@ pub const CATALOGUE: [&str; 24] = [
     "azure-fraud-event-detected",
 ];
 
+/// Whether enriching this event calls an API. Only the DAP events carry no resource
+/// (their catalogue entries have no `ResourceUri`); any other name, `unrecognized`
+/// included, may point at one.
+pub fn needs_api(event_name: &str) -> bool {
+    !event_name.trim().starts_with("dap-admin-relationship-")
+}
+
 /// The destination stem of event names that cannot be used verbatim.
 pub const UNRECOGNIZED: &str = "unrecognized";
 

@@ -18,8 +18,21 @@ pub enum Target {
     PartnerCenter { path_and_query: String },
     /// `GET {graph_base_url}{path}` with a Graph token.
     Graph { path: String },
-    /// `GET {partner_center.base_url}/v1/fraudEvents?SubscriptionId=…` (every page).
-    FraudEvents { subscription_id: String },
+    /// `GET {partner_center.base_url}/v1/fraudEvents?SubscriptionId=…` (every page), and
+    /// the subscription itself.
+    FraudEvents {
+        subscription_id: String,
+        /// The subscription's path when the URI names its customer
+        /// (`…/customers/{c}/subscriptions/{s}`); otherwise the customer comes from the
+        /// fraud events ([`subscription_path`]).
+        subscription: Option<String>,
+    },
+}
+
+/// The Partner Center path of a customer's subscription.
+pub fn subscription_path(customer_id: &str, subscription_id: &str) -> String {
+    let segment = |s: &str| url::form_urlencoded::byte_serialize(s.trim().as_bytes()).collect::<String>();
+    format!("/v1/customers/{}/subscriptions/{}", segment(customer_id), segment(subscription_id))
 }
 
 /// Why a URI cannot be resolved. Both are permanent: retrying cannot help.
@@ -55,8 +68,11 @@ impl Resolver {
             return Err(ResourceError::ForeignHost(host));
         }
         if event_name == FRAUD_EVENT {
+            let names_customer =
+                url.query().is_none() && url.path().split('/').any(|segment| segment.eq_ignore_ascii_case("customers"));
+            let subscription = names_customer.then(|| api_path(&url));
             return fraud_subscription(&url)
-                .map(|subscription_id| Some(Target::FraudEvents { subscription_id }))
+                .map(|subscription_id| Some(Target::FraudEvents { subscription_id, subscription }))
                 .ok_or_else(|| {
                     ResourceError::Unresolvable(uri.to_string(), "no subscription id in a fraud event URI")
                 });
@@ -224,15 +240,18 @@ mod tests {
     #[test]
     fn fraud_events_name_their_subscription() {
         let r = r();
-        let want = Ok(Some(Target::FraudEvents { subscription_id: "s-1".into() }));
+        let want = |subscription: Option<&str>| {
+            Ok(Some(Target::FraudEvents { subscription_id: "s-1".into(), subscription: subscription.map(Into::into) }))
+        };
         assert_eq!(
             r.resource(FRAUD_EVENT, Some("https://api.partnercenter.microsoft.com/v1/customers/c/subscriptions/s-1 ")),
-            want
+            want(Some("/v1/customers/c/subscriptions/s-1"))
         );
         assert_eq!(
             r.resource(FRAUD_EVENT, Some("https://api.partnercenter.microsoft.com/v1/fraudEvents?SubscriptionId=s-1")),
-            want
+            want(None)
         );
+        assert_eq!(subscription_path("c 1", "s-1"), "/v1/customers/c+1/subscriptions/s-1");
         assert!(r.resource(FRAUD_EVENT, Some("https://api.partnercenter.microsoft.com/v1/customers/c")).is_err());
     }
 

@@ -7,7 +7,7 @@ use crate::partner_center::{
     client::{Api, ApiClient, FetchError, Fetched},
     event::Event,
     fraud::{self, FraudEvent},
-    resource::{Resolver, ResourceError, Target},
+    resource::{Resolver, ResourceError, Target, subscription_path},
 };
 use crate::shutdown::CancellationToken;
 use crate::telemetry::Metrics;
@@ -124,9 +124,24 @@ impl Enricher {
         let mut status = status::NOT_APPLICABLE;
         match resource_target {
             None => {}
-            Some(Target::FraudEvents { subscription_id }) => {
+            Some(Target::FraudEvents { subscription_id, subscription }) => {
                 let (events, n) = self.fraud_events(&subscription_id, deadline, cancel).await?;
                 attempts = attempts.max(n);
+                // The subscription the alert is about: from the URI, or through the
+                // customer the fraud events name (the `fraudEvents?SubscriptionId=` form).
+                let subscription = subscription.or_else(|| {
+                    events
+                        .iter()
+                        .find_map(|e| e.customer_tenant_id.as_deref())
+                        .map(|customer| subscription_path(customer, &subscription_id))
+                });
+                if let Some(path) = subscription {
+                    let (fetched, n) = self.get(Api::PartnerCenter, &path, deadline, cancel).await?;
+                    attempts = attempts.max(n);
+                    if let Fetched::Found(v) = fetched {
+                        resource = v;
+                    }
+                }
                 fraud_events = Some(events);
                 status = status::ENRICHED;
             }
@@ -167,7 +182,7 @@ impl Enricher {
                 self.get(Api::PartnerCenter, path_and_query, deadline, cancel).await
             }
             Target::Graph { path } => self.get(Api::Graph, path, deadline, cancel).await,
-            Target::FraudEvents { subscription_id } => {
+            Target::FraudEvents { subscription_id, .. } => {
                 let (events, n) = self.fraud_events(subscription_id, deadline, cancel).await?;
                 Ok((Fetched::Found(serde_json::to_value(events).unwrap_or(Value::Null)), n))
             }

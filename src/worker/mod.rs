@@ -16,7 +16,7 @@ use crate::broker::{Consumer, Delivery, Message, PublishError, Publisher};
 use crate::config::Config;
 use crate::partner_center::{
     client::ApiClient,
-    event::{CATALOGUE, Destinations, Event, UNRECOGNIZED, event_id},
+    event::{CATALOGUE, Destinations, Event, UNRECOGNIZED, event_id, needs_api},
     resource::Resolver,
 };
 use crate::shutdown::CancellationToken;
@@ -30,6 +30,7 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::{
     net::TcpListener,
     sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit},
@@ -78,6 +79,39 @@ pub fn sources(config: &Config) -> Vec<String> {
     stems(config).iter().map(|s| d.raw(s)).collect()
 }
 
+/// The credential keys a worker lacks, as the operator sets them; empty when it has them
+/// or when none of its events calls an API (a DAP-only worker). Without them every
+/// event would be dead-lettered as `permanent`, so the worker refuses to start instead.
+pub fn missing_credentials(config: &Config) -> Vec<&'static str> {
+    if !stems(config).iter().any(|s| needs_api(s)) {
+        return Vec::new();
+    }
+    let pc = &config.partner_center;
+    let mut missing = Vec::new();
+    if pc.tenant_id.trim().is_empty() {
+        missing.push("partner_center.tenant_id (PCBRIDGE_PARTNER_CENTER__TENANT_ID)");
+    }
+    if pc.client_id.trim().is_empty() {
+        missing.push("partner_center.client_id (PCBRIDGE_PARTNER_CENTER__CLIENT_ID)");
+    }
+    if !matches!(config.client_secret(), Ok(Some(_))) {
+        missing.push("PCBRIDGE_PARTNER_CENTER__CLIENT_SECRET (or partner_center.client_secret_file)");
+    }
+    missing
+}
+
+/// [`missing_credentials`] as a start-up error naming every missing key.
+pub fn check_credentials(config: &Config) -> Result<(), String> {
+    let missing = missing_credentials(config);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the worker has no Partner Center credentials, so every event would be dead-lettered; set {}",
+        missing.join(", ")
+    ))
+}
+
 impl WorkerState {
     pub fn new(
         config: &Config,
@@ -85,6 +119,7 @@ impl WorkerState {
         publisher: Arc<dyn Publisher>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
+        check_credentials(config)?;
         let pc = &config.partner_center;
         let enricher = Enricher {
             resolver: Resolver::new(&pc.api_hosts),
@@ -242,6 +277,10 @@ async fn process(state: &WorkerState, d: Delivery, slot: SemaphorePermit<'_>) {
     state.consumer.ack(d.ack).await;
     state.dedup.lock().unwrap_or_else(|p| p.into_inner()).insert(&who.event_id);
     state.metrics.worker_events.with_label_values(&[state.destinations.stem(&who.event_name), outcome]).inc();
+    if let Ok(received) = OffsetDateTime::parse(&who.received_at, &Rfc3339) {
+        let age = (OffsetDateTime::now_utc() - received).as_seconds_f64().max(0.0);
+        state.metrics.worker_event_age.with_label_values(&[outcome]).observe(age);
+    }
     tracing::info!(event_id = %who.event_id, event_name = %who.event_name, destination = %message.destination, outcome, "event done");
 }
 
