@@ -1,7 +1,7 @@
 # pcbridge — the commands the README promises.
 CARGO ?= cargo
 
-.PHONY: run soak bench audit test lint fmt build release setup build-deps services k8s
+.PHONY: run soak bench audit test lint fmt build release setup build-deps services k8s image-check
 
 ## The whole pipeline on this machine: embedded Kafka, ingress, worker and a Partner
 ## Center simulator sending signed events (pcbridge dev; flags: make run ARGS="--forever").
@@ -66,3 +66,9 @@ services:
 ## Build and validate the Kubernetes overlays only.
 k8s:
 	bash .ci/k8s.sh
+
+## The container image without Docker: deploy/Dockerfile's build stage replayed from the
+## .dockerignore'd context (release build in target/image), then the runtime stage's
+## COPYs, the binary's libraries against distroless/cc-debian12, and a run (.ci/image.sh).
+image-check: build-deps
+	bash .ci/image.sh

@@ -19,10 +19,13 @@ fn exported() -> BTreeSet<String> {
     m.worker_retries.with_label_values(&["x"]).inc();
     m.dead_letters.with_label_values(&["x"]).inc();
     m.consumer_lag.with_label_values(&["x", "0"]).set(1);
+    m.ingress_request_duration.with_label_values(&["x"]).observe(0.1);
+    m.worker_event_age.with_label_values(&["x"]).observe(0.1);
     m.render()
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split(' ').next())
+        .filter(|name| name.starts_with("pcbridge_"))
         .map(String::from)
         .collect()
 }
@@ -46,7 +49,12 @@ fn dashboard_covers_every_metric_and_invents_none() {
         .map(|w| w.trim_end_matches("_bucket").trim_end_matches("_count").trim_end_matches("_sum").to_string())
         .collect();
     let exported = exported();
-    assert_eq!(exported.len(), 15, "{exported:?}");
+    assert_eq!(exported.len(), 19, "{exported:?}");
+    // The process collector's families (Linux): the ones an operator charts.
+    for family in ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"] {
+        assert!(Metrics::new().render().contains(family), "{family} is exported");
+        assert!(exprs.iter().any(|e| e.contains(family)), "{family} is not on the dashboard");
+    }
     let missing: Vec<_> = exported.difference(&used).collect();
     let unknown: Vec<_> = used.difference(&exported).collect();
     assert!(missing.is_empty(), "metrics not on the dashboard: {missing:?}");

@@ -39,6 +39,9 @@ async fn hostile_requests_are_bounded_and_publish_nothing() {
     let mut config = bus.config(&pc);
     config.ingress.publish_timeout_ms = 1_000;
     config.ingress.request_timeout_ms = 2_000;
+    // Raised from the 64 KiB default, as an operator may: 200 KB of nesting must still
+    // be refused as not JSON rather than only as too large.
+    config.ingress.max_body_bytes = 1024 * 1024;
     let app = spawn_ingress(config.clone()).await;
     let addr = app.url.trim_start_matches("http://").split('/').next().expect("addr").to_string();
     let path = pcbridge::ingress::WEBHOOK_PATH;

@@ -22,7 +22,7 @@ use rdkafka::{
     statistics::Statistics,
 };
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -38,6 +38,10 @@ pub struct GroupContext {
     drain: Duration,
     ready: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    /// This member's partitions, as of the last rebalance. librdkafka's statistics keep
+    /// reporting a partition's lag after it was revoked (from its last known offsets), so
+    /// lag is exported only for these: another replica reports the rest.
+    assigned: std::sync::Mutex<HashSet<(String, i32)>>,
 }
 
 impl ClientContext for GroupContext {
@@ -49,10 +53,17 @@ impl ClientContext for GroupContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    self.metrics.consumer_lag.with_label_values(&[topic, &partition.to_string()]).set(p.consumer_lag);
+                if *partition < 0 {
+                    continue;
+                }
+                let labels = [topic.as_str(), &partition.to_string()];
+                if assigned.contains(&(topic.clone(), *partition)) && p.consumer_lag >= 0 {
+                    self.metrics.consumer_lag.with_label_values(&labels).set(p.consumer_lag);
+                } else {
+                    let _ = self.metrics.consumer_lag.remove_label_values(&labels);
                 }
             }
         }
@@ -86,6 +97,8 @@ impl ConsumerContext for GroupContext {
         }
         if let Ok(assignment) = consumer.assignment() {
             self.metrics.consumer_assigned_partitions.set(assignment.count() as i64);
+            let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+            *assigned = assignment.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         }
     }
 }
@@ -125,6 +138,7 @@ impl KafkaConsumer {
             drain: config.shutdown.drain_deadline(),
             ready: ready.clone(),
             metrics,
+            assigned: Default::default(),
         };
         let consumer: BaseConsumer<GroupContext> =
             cc.create_with_context(context).map_err(|e| SetupError(format!("kafka consumer: {e}")))?;
