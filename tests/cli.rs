@@ -64,18 +64,8 @@ async fn sigterm_drains_and_exits_zero() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn pcbridge");
-    pcbridge::partner_center::install_crypto_provider();
+    common::net::wait_process_ready(&mut child, admin_port, Duration::from_secs(15), "pcbridge ingress").await;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let ready = http.get(format!("http://127.0.0.1:{admin_port}/readyz")).send().await.map(|r| r.status().as_u16());
-        if matches!(ready, Ok(200)) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "pcbridge ingress did not become ready");
-        assert!(child.try_wait().expect("wait").is_none(), "pcbridge exited early");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let (status, _) = {
         let r = http
             .post(format!("http://127.0.0.1:{port}/webhooks/partner-center"))
@@ -196,7 +186,6 @@ async fn worker_without_credentials_refuses_to_start() {
     assert!(!stderr.contains("partner_center.client_id"), "client_id is set: {stderr}");
 
     // A worker whose events call no API (DAP only) needs no credentials: it turns ready.
-    pcbridge::partner_center::install_crypto_provider();
     let mut child = pcbridge()
         .args(["worker"])
         .env("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", mock.bootstrap_servers())
@@ -207,17 +196,7 @@ async fn worker_without_credentials_refuses_to_start() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn pcbridge worker");
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let ready = http.get(format!("http://127.0.0.1:{admin_port}/readyz")).send().await.map(|r| r.status().as_u16());
-        if matches!(ready, Ok(200)) {
-            break;
-        }
-        assert!(child.try_wait().expect("wait").is_none(), "the DAP-only worker exited");
-        assert!(Instant::now() < deadline, "the DAP-only worker did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::net::wait_process_ready(&mut child, admin_port, Duration::from_secs(15), "the DAP-only worker").await;
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -109,17 +109,8 @@ async fn body_flood_stays_under_the_container_limit() {
         .spawn()
         .expect("spawn pcbridge ingress");
     let pid = child.id();
-    pcbridge::partner_center::install_crypto_provider();
+    common::net::wait_process_ready(&mut child, admin_port, Duration::from_secs(20), "the ingress").await;
     let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !matches!(
-        http.get(format!("http://127.0.0.1:{admin_port}/readyz")).send().await.map(|r| r.status().as_u16()),
-        Ok(200)
-    ) {
-        assert!(Instant::now() < deadline, "the ingress did not become ready");
-        assert!(child.try_wait().expect("wait").is_none(), "the ingress exited");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let url = format!("http://127.0.0.1:{port}{}", pcbridge::ingress::WEBHOOK_PATH);
     let genuine = |i: usize| {
         let body = format!(

@@ -510,7 +510,17 @@ fn keda_rabbitmq_trigger_counts_raw_queues_only() {
     let pattern = text(&scaled["spec"]["triggers"][0]["metadata"]["queueName"]);
     assert_eq!(scaled["spec"]["triggers"][0]["metadata"]["useRegex"], "true");
     let re = regex::Regex::new(&pattern).expect("the queue pattern is a regular expression");
-    let d = Destinations::new("partnercenter.");
+    // The prefix the pods run with: the ConfigMap's `broker.prefix`, else the default.
+    let config: toml::Table = std::fs::read_to_string(repo().join("deploy/kubernetes/base/config.toml"))
+        .expect("base config.toml")
+        .parse()
+        .expect("base config.toml is TOML");
+    let prefix = config
+        .get("broker")
+        .and_then(|b| b.get("prefix"))
+        .and_then(|p| p.as_str())
+        .map_or(pcbridge::config::Config::default().broker.prefix, str::to_string);
+    let d = Destinations::new(prefix);
     for stem in CATALOGUE.iter().copied().chain([UNRECOGNIZED]) {
         let stem = d.stem(stem);
         assert!(re.is_match(&d.raw(stem)), "{pattern} misses the raw queue {}", d.raw(stem));

@@ -112,6 +112,23 @@ impl Tripwire {
 }
 
 /// A loopback port with nothing listening (connection refused).
+/// Waits until a `pcbridge` process answers `/readyz` with 200 on `admin_port`, failing
+/// if it exits first or is not ready `within`.
+pub async fn wait_process_ready(child: &mut std::process::Child, admin_port: u16, within: Duration, what: &str) {
+    pcbridge::partner_center::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let ready = http.get(format!("http://127.0.0.1:{admin_port}/readyz")).send().await.map(|r| r.status().as_u16());
+        if matches!(ready, Ok(200)) {
+            return;
+        }
+        assert!(child.try_wait().expect("wait").is_none(), "{what} exited before it was ready");
+        assert!(std::time::Instant::now() < deadline, "{what} did not become ready within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn closed_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = l.local_addr().expect("addr").port();
