@@ -12,7 +12,7 @@
 //!   ([`message::raw_message`]: destination, partition key, `pc-*` headers, CloudEvents
 //!   attributes, traceparent).
 //! - `envelope/*`: the enriched envelope of a subscription event with a ~2 KB resource,
-//!   built and serialized as `worker::enrich` and `worker::output::enriched` do (those
+//!   built and serialized as `contract::envelope` and `worker::output::enriched` do (those
 //!   need the network or a broker `Delivery`, so the two steps are mirrored here).
 //! - `ingress/cpu_path`: headers → verify → parse → id → raw message, one request's CPU
 //!   work without body reading and broker.
@@ -24,11 +24,15 @@
 use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
+use pcbridge::contract::{
+    destinations::Destinations,
+    envelope::{self, Outcome, RawEvent, status},
+    headers,
+};
 use pcbridge::ingress::message::{self, Accepted};
 use pcbridge::partner_center::certificate::{CacheUse, CertificateStore};
-use pcbridge::partner_center::event::{CATALOGUE, Destinations, Event, event_id};
+use pcbridge::partner_center::event::{CATALOGUE, Event, event_id};
 use pcbridge::partner_center::signature::{SignatureHeaders, Verifier};
-use pcbridge::worker::enrich::{self, Outcome, RawEvent, status};
 use pcbridge::{broker::Message, config::SignatureConfig, dev::events::Generator};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 use ring::signature::{RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256, RsaKeyPair, UnparsedPublicKey};
@@ -268,7 +272,7 @@ fn header_key(c: &mut Criterion, fx: &Fixture) {
     g.bench_function("destination_raw", |b| b.iter(|| DESTINATIONS.raw(black_box("subscription-updated"))));
     for (name, incoming) in [("continued", Some(TRACEPARENT)), ("new", None)] {
         g.bench_function(BenchmarkId::new("traceparent", name), |b| {
-            b.iter(|| message::traceparent(black_box(incoming)))
+            b.iter(|| headers::traceparent(black_box(incoming)))
         });
     }
     g.finish();
@@ -313,7 +317,7 @@ fn envelope(c: &mut Criterion) {
         let value: Value = serde_json::from_slice(&body).expect("raw body is JSON");
         let event = Event::from_value(&value).expect("event");
         let outcome = Outcome { resource, audit, fraud_events: None, status: status::ENRICHED, attempts: 1 };
-        enrich::envelope(&raw, event.name, value, outcome)
+        envelope::envelope(&raw, event.name, value, outcome)
     };
     let sample = build(resource.clone(), audit.clone());
     let size = serde_json::to_vec(&sample).expect("serializes").len();

@@ -54,3 +54,26 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr()?, "admin listening (/healthz /readyz /metrics)");
     axum::serve(listener, router(metrics, ready)).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
+
+/// A role's admin endpoints, served in a task of their own from start-up until the role
+/// has drained, so probes and scrapes keep answering while it shuts down.
+pub struct Admin {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Admin {
+    pub fn spawn(listener: TcpListener, metrics: Arc<Metrics>, ready: Readiness) -> Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(listener, metrics, ready, stop.clone()));
+        Self { stop, task }
+    }
+
+    /// Stops serving, once the role is done.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        if let Ok(Err(e)) = self.task.await {
+            tracing::warn!(error = %e, "admin listener failed");
+        }
+    }
+}

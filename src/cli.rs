@@ -3,7 +3,7 @@
 
 use crate::config::{Config, LogFormat};
 use crate::telemetry::{LogStyle, Metrics, init_tracing};
-use crate::{broker, ingress, shutdown, worker};
+use crate::{ingress, shutdown, worker};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::{path::PathBuf, sync::Arc};
@@ -94,7 +94,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_ingress(config: Config) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
     let stop = shutdown::on_signal();
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
@@ -102,31 +101,19 @@ async fn run_ingress(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.ingress.listen)
         .await
         .with_context(|| format!("cannot listen on ingress.listen = {}", config.ingress.listen))?;
-    let publisher = broker::connect(&config, "pcbridge-ingress", metrics.clone())
+    let role = ingress::start(&config, "pcbridge-ingress", listener, admin_listener, Arc::new(Metrics::new()), stop)
         .await
         .with_context(|| format!("cannot start the {} publisher", config.broker.kind))?;
-    ingress::serve(&config, listener, admin_listener, publisher, metrics, stop).await.map_err(anyhow::Error::msg)
+    role.await.context("the ingress task failed")?.map_err(anyhow::Error::msg)
 }
 
 async fn run_worker(config: Config) -> anyhow::Result<()> {
-    // Before anything connects: a worker without credentials must not turn ready.
-    worker::check_credentials(&config).map_err(anyhow::Error::msg)?;
-    let metrics = Arc::new(Metrics::new());
     let stop = shutdown::on_signal();
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("cannot listen on admin.listen = {}", config.admin.listen))?;
-    let publisher = broker::connect(&config, "pcbridge-worker", metrics.clone())
+    let role = worker::start(&config, "pcbridge-worker", admin_listener, Arc::new(Metrics::new()), stop)
         .await
-        .with_context(|| format!("cannot start the {} publisher", config.broker.kind))?;
-    let sources = worker::sources(&config);
-    // Subscribing to topics that do not exist yet would leave them unread until the next
-    // metadata refresh; create them first (a no-op where they exist).
-    if let Err(e) = publisher.ensure_destinations(&sources).await {
-        tracing::warn!(error = %e, "could not create the source destinations");
-    }
-    let consumer = broker::consume(&config, sources, "pcbridge-worker", metrics.clone())
-        .await
-        .with_context(|| format!("cannot start the {} consumer", config.broker.kind))?;
-    worker::serve(&config, admin_listener, consumer, publisher, metrics, stop).await.map_err(anyhow::Error::msg)
+        .with_context(|| format!("cannot start the {} worker", config.broker.kind))?;
+    role.await.context("the worker task failed")?.map_err(anyhow::Error::msg)
 }

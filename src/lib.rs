@@ -26,6 +26,7 @@ pub mod broker;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod contract;
 pub mod dev;
 pub mod ingress;
 pub mod partner_center;

@@ -7,10 +7,11 @@
 
 use crate::broker::{self, Backlog, Delivery, Message, Publisher};
 use crate::config::Config;
-use crate::ingress::message::{HEADER_EVENT_ID, HEADER_EVENT_NAME, HEADER_RECEIVED_AT};
-use crate::partner_center::event::{Destinations, cloud_event_type};
+use crate::contract::{
+    destinations::{Destinations, cloud_event_type},
+    headers,
+};
 use crate::telemetry::Metrics;
-use crate::worker::output::{HEADER_ATTEMPTS, HEADER_ERROR, HEADER_ERROR_KIND};
 use std::{sync::Arc, time::Duration};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
@@ -53,9 +54,9 @@ struct Filter {
 
 impl Filter {
     fn matches(&self, d: &Delivery) -> bool {
-        let name = d.header(HEADER_EVENT_NAME).unwrap_or_default();
-        let kind = d.header(HEADER_ERROR_KIND).unwrap_or_default();
-        let received = d.header(HEADER_RECEIVED_AT).and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+        let name = d.header(headers::EVENT_NAME).unwrap_or_default();
+        let kind = d.header(headers::ERROR_KIND).unwrap_or_default();
+        let received = d.header(headers::RECEIVED_AT).and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
         (self.events.is_empty() || self.events.iter().any(|e| e == name))
             && (self.kinds.is_empty() || self.kinds.iter().any(|k| k == kind))
             && self.since.is_none_or(|s| received.is_some_and(|r| r >= s))
@@ -84,10 +85,10 @@ pub fn parse_time(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Str
 /// The raw message a dead letter came from: same body, key and headers, without the
 /// error headers.
 pub fn raw_again(d: &Delivery, destinations: &Destinations) -> Option<Message> {
-    let name = d.header(HEADER_EVENT_NAME)?;
-    let id = d.header(HEADER_EVENT_ID)?.to_string();
+    let name = d.header(headers::EVENT_NAME)?;
+    let id = d.header(headers::EVENT_ID)?.to_string();
     let mut headers = d.headers.clone();
-    headers.retain(|(k, _)| ![HEADER_ERROR_KIND, HEADER_ERROR, HEADER_ATTEMPTS].contains(&k.as_str()));
+    headers.retain(|(k, _)| !headers::DEAD_LETTER_ONLY.contains(&k.as_str()));
     let mut cloud_event = d.cloud_event.clone()?;
     cloud_event.ty = cloud_event_type(name);
     Some(Message {
@@ -176,11 +177,11 @@ async fn replay(
         let Some(publisher) = publisher else {
             listing.push_str(&format!(
                 "{}  {:<44} {:<18} {:>2} attempts  {}\n",
-                d.header(HEADER_RECEIVED_AT).unwrap_or("?"),
-                d.header(HEADER_EVENT_NAME).unwrap_or("?"),
-                d.header(HEADER_ERROR_KIND).unwrap_or("?"),
-                d.header(HEADER_ATTEMPTS).unwrap_or("?"),
-                d.header(HEADER_ERROR).unwrap_or_default(),
+                d.header(headers::RECEIVED_AT).unwrap_or("?"),
+                d.header(headers::EVENT_NAME).unwrap_or("?"),
+                d.header(headers::ERROR_KIND).unwrap_or("?"),
+                d.header(headers::ATTEMPTS).unwrap_or("?"),
+                d.header(headers::ERROR).unwrap_or_default(),
             ));
             replayed += 1;
             continue;

@@ -44,16 +44,25 @@ pub fn on_signal() -> CancellationToken {
     token
 }
 
-/// Runs `drain` to completion or until `deadline` passes; returns whether it finished.
-pub async fn drain_within<F: Future<Output = ()>>(deadline: Duration, drain: F) -> bool {
-    match tokio::time::timeout(deadline, drain).await {
-        Ok(()) => true,
-        Err(_) => {
-            tracing::warn!(
-                deadline_ms = deadline.as_millis() as u64,
-                "drain deadline passed; exiting with work in flight"
-            );
-            false
+/// The drain every role goes through: runs `work` until it ends by itself or, once
+/// `shutdown` fires, for at most `deadline` more. `None` means the deadline cut it off;
+/// `work` is the caller's still, to give a last chance or drop.
+pub async fn drain<F: Future + Unpin>(
+    work: &mut F,
+    shutdown: &CancellationToken,
+    deadline: Duration,
+) -> Option<F::Output> {
+    tokio::select! {
+        out = &mut *work => Some(out),
+        () = shutdown.cancelled() => {
+            tracing::info!(deadline_ms = deadline.as_millis() as u64, "draining in-flight work");
+            match tokio::time::timeout(deadline, work).await {
+                Ok(out) => Some(out),
+                Err(_) => {
+                    tracing::warn!(deadline_ms = deadline.as_millis() as u64, "drain deadline passed with work in flight");
+                    None
+                }
+            }
         }
     }
 }

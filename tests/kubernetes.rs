@@ -18,7 +18,7 @@
 
 mod common;
 
-use pcbridge::partner_center::event::{CATALOGUE, Destinations, UNRECOGNIZED};
+use pcbridge::contract::destinations::{Destinations, all_stems};
 use serde::Deserialize;
 use serde_json::Value;
 use std::{
@@ -521,7 +521,7 @@ fn keda_rabbitmq_trigger_counts_raw_queues_only() {
         .and_then(|p| p.as_str())
         .map_or(pcbridge::config::Config::default().broker.prefix, str::to_string);
     let d = Destinations::new(prefix);
-    for stem in CATALOGUE.iter().copied().chain([UNRECOGNIZED]) {
+    for stem in all_stems() {
         let stem = d.stem(stem);
         assert!(re.is_match(&d.raw(stem)), "{pattern} misses the raw queue {}", d.raw(stem));
         assert!(!re.is_match(&d.enriched(stem)), "{pattern} counts the enriched queue {}", d.enriched(stem));

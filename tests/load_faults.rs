@@ -1,4 +1,4 @@
-//! SPEC section 4 under the conditions it exists for: a steady load of signed events
+//! The guarantees of docs/message-contract.md under the conditions they exist for: a steady load of signed events
 //! through a real ingress and worker while faults are injected, then an account of every
 //! event answered 2xx (found in the raw destination, and enriched or dead-lettered).
 //! `make test` runs a short version; `make soak` sets PCBRIDGE_SOAK_EVENTS for a long one.
@@ -8,7 +8,7 @@ mod common;
 use common::Bus;
 use common::load::{Rig, assert_nothing_lost, events_per_scenario};
 use pcbridge::config::{BrokerKind, Secret};
-use pcbridge::partner_center::event::Destinations;
+use pcbridge::contract::destinations::Destinations;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use std::{process::Command, time::Duration};
 

@@ -8,8 +8,9 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pcbridge::config::SignatureConfig;
+use pcbridge::contract::destinations::{Destinations, is_safe_name};
 use pcbridge::partner_center::certificate::CertificateStore;
-use pcbridge::partner_center::event::{Destinations, Event, is_safe_name};
+use pcbridge::partner_center::event::Event;
 use pcbridge::partner_center::fraud::parse_page;
 use pcbridge::partner_center::resource::{Resolver, Target};
 use pcbridge::partner_center::signature::{SignatureHeaders, VerifyError};

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Bus, Pc, pc_api::PcApi, spawn_worker, worker_config};
-use pcbridge::{config::BrokerKind, partner_center::event::Destinations};
+use pcbridge::{config::BrokerKind, contract::destinations::Destinations};
 use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},

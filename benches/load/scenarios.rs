@@ -4,7 +4,7 @@ use crate::generator::{self, Corpus, Outcome, Pace};
 use crate::procstat::{RssPeak, cpu_seconds, find_pid, mib, status_kib};
 use crate::servers::{self, Server};
 use crate::setup::{Broker, BrokerSpec, RABBITMQ_URL, Setup};
-use pcbridge::partner_center::event::Destinations;
+use pcbridge::contract::destinations::Destinations;
 use std::time::{Duration, Instant};
 
 const WARMUP: Duration = Duration::from_secs(1);

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use pcbridge::{
     broker::{self, Publisher},
     config::{BrokerKind, Config},
+    contract::destinations::Destinations,
     dev::{
         events::{API_HOST, Generator},
         pki::{ORGANIZATION, Pki},
@@ -14,7 +15,7 @@ use pcbridge::{
     },
     ingress::{WEBHOOK_PATH, message},
     partner_center::{
-        event::{Destinations, Event, event_id},
+        event::{Event, event_id},
         signature::SignatureHeaders,
     },
     telemetry::Metrics,

@@ -12,10 +12,9 @@ use super::sender::{SendOptions, print_progress, send};
 use super::simulator::{self, Simulator};
 use crate::broker::{self, Consumer};
 use crate::config::{BrokerKind, Config, Secret};
-use crate::ingress::message::HEADER_EVENT_ID;
-use crate::partner_center::event::Destinations;
+use crate::contract::{destinations::Destinations, headers};
 use crate::telemetry::Metrics;
-use crate::worker::{self, output};
+use crate::worker;
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -211,32 +210,28 @@ impl Pipeline {
             DevError(format!("cannot start the {role}'s {} connection: {e}{hint}", config.broker.kind))
         };
 
-        let metrics = Arc::new(Metrics::new());
-        let publisher = broker::connect(config, "pcbridge-dev-ingress", metrics.clone())
-            .await
-            .map_err(|e| broker_err("ingress", e))?;
-        let (c, s) = (config.clone(), stop.clone());
-        let ingress = tokio::spawn(async move {
-            crate::ingress::serve(&c, listener, ingress_admin_listener, publisher, metrics, s).await
-        });
-
-        let metrics = Arc::new(Metrics::new());
-        let publisher = broker::connect(config, "pcbridge-dev-worker", metrics.clone())
-            .await
-            .map_err(|e| broker_err("worker", e))?;
-        let consumer = broker::consume(config, worker::sources(config), "pcbridge-dev-worker", metrics.clone())
-            .await
-            .map_err(|e| broker_err("worker", e))?;
-        let (c, s) = (config.clone(), stop.clone());
-        let worker = tokio::spawn(async move {
-            crate::worker::serve(&c, worker_admin_listener, consumer, publisher, metrics, s).await
-        });
+        let ingress = crate::ingress::start(
+            config,
+            "pcbridge-dev-ingress",
+            listener,
+            ingress_admin_listener,
+            Arc::new(Metrics::new()),
+            stop.clone(),
+        )
+        .await
+        .map_err(|e| broker_err("ingress", e))?;
+        let worker =
+            worker::start(config, "pcbridge-dev-worker", worker_admin_listener, Arc::new(Metrics::new()), stop.clone())
+                .await
+                .map_err(|e| match e {
+                    worker::StartError::Broker(e) => broker_err("worker", e),
+                    worker::StartError::Credentials(m) => DevError(m),
+                })?;
 
         let mut reader = config.clone();
         reader.worker.group_id = "pcbridge-dev-downstream".into();
         let d = Destinations::new(config.broker.prefix.clone());
-        let outputs: Vec<String> =
-            worker::stems(config).iter().map(|s| d.enriched(s)).chain([d.dead_letter()]).collect();
+        let outputs = d.outputs(&worker::stems(config));
         let observer_metrics = Arc::new(Metrics::new());
         let observer = broker::consume(&reader, outputs, "pcbridge-dev-downstream", observer_metrics.clone())
             .await
@@ -316,11 +311,11 @@ impl Pipeline {
 /// Reads enriched messages and dead letters as a downstream service would.
 async fn observe(consumer: Arc<dyn Consumer>, tracker: Arc<Tracker>, dead_letter: String) {
     while let Some(d) = consumer.recv().await {
-        let id = d.header(HEADER_EVENT_ID).unwrap_or_default().to_string();
+        let id = d.header(headers::EVENT_ID).unwrap_or_default().to_string();
         let attempts = |v: Option<&str>| v.and_then(|a| a.parse().ok()).unwrap_or(0);
         let outcome = if d.destination == dead_letter {
-            let kind = d.header(output::HEADER_ERROR_KIND).unwrap_or("unknown").to_string();
-            Outcome::DeadLettered { kind, attempts: attempts(d.header(output::HEADER_ATTEMPTS)) }
+            let kind = d.header(headers::ERROR_KIND).unwrap_or("unknown").to_string();
+            Outcome::DeadLettered { kind, attempts: attempts(d.header(headers::ATTEMPTS)) }
         } else {
             let body: serde_json::Value = serde_json::from_slice(&d.body).unwrap_or_default();
             let e = &body["enrichment"];
@@ -338,8 +333,7 @@ fn all_destinations(config: &Config) -> Vec<String> {
     let d = Destinations::new(config.broker.prefix.clone());
     let stems = worker::stems(config);
     let mut all: Vec<String> = stems.iter().map(|s| d.raw(s)).collect();
-    all.extend(stems.iter().map(|s| d.enriched(s)));
-    all.push(d.dead_letter());
+    all.extend(d.outputs(&stems));
     all
 }
 

@@ -1,8 +1,9 @@
 //! Why a webhook request was refused, as status codes and short JSON bodies.
 //!
-//! The table of SPEC section 3 lives here: signature problems are 401 (503 when only the
-//! certificate download failed, so Partner Center retries), bad events 400, oversize
-//! bodies 413, and anything short of a broker confirm 503 — never a 2xx.
+//! The table of the README's "HTTP interface" lives here: signature problems are 401
+//! (503 when only the certificate download failed, so Partner Center retries), bad
+//! events 400, oversize bodies 413, and anything short of a broker confirm 503 — never
+//! a 2xx (also when the body budget is spent).
 
 use crate::broker::PublishError;
 use crate::partner_center::{event::EventError, signature::VerifyError};

@@ -102,7 +102,7 @@ async fn accept(state: &IngressState, headers: &HeaderMap, body: Body) -> Result
     let event = Event::parse(&body)?;
     let id = event_id(&body);
     let received_at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
-    let incoming_traceparent = headers.get(message::HEADER_TRACEPARENT).and_then(|v| v.to_str().ok());
+    let incoming_traceparent = headers.get(crate::contract::headers::TRACEPARENT).and_then(|v| v.to_str().ok());
     let msg = message::raw_message(
         message::Accepted {
             event: &event,

@@ -8,7 +8,8 @@ pub mod message;
 
 use crate::broker::Publisher;
 use crate::config::Config;
-use crate::partner_center::{event::Destinations, signature::Verifier};
+use crate::contract::destinations::Destinations;
+use crate::partner_center::signature::Verifier;
 use crate::shutdown::CancellationToken;
 use crate::telemetry::Metrics;
 use axum::{Router, routing::post};
@@ -128,6 +129,22 @@ pub async fn run(listener: TcpListener, state: Arc<IngressState>, shutdown: Canc
     Ok(())
 }
 
+/// The one start-up path of the ingress, for the CLI, `dev` and the tests alike:
+/// connects the publisher (an error here is the caller's to report), then runs
+/// [`serve`] in a task of its own until `shutdown` and the drain are done.
+pub async fn start(
+    config: &Config,
+    client_id: &str,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<Result<(), String>>, crate::broker::SetupError> {
+    let publisher = crate::broker::connect(config, client_id, metrics.clone()).await?;
+    let config = config.clone();
+    Ok(tokio::spawn(async move { serve(&config, listener, admin_listener, publisher, metrics, shutdown).await }))
+}
+
 /// Runs the whole ingress role on the given listeners: creates the raw destinations,
 /// serves the admin and webhook endpoints, and on `shutdown` drains in-flight requests
 /// and flushes the broker within `shutdown.drain_deadline_ms`.
@@ -148,33 +165,17 @@ pub async fn serve(
         }
         Err(_) => tracing::warn!("creating destinations timed out; will retry on first use"),
     }
-    let admin_stop = CancellationToken::new();
     let ready_state = state.clone();
-    let admin = tokio::spawn(crate::admin::run(
-        admin_listener,
-        metrics,
-        Arc::new(move || ready_state.is_ready()),
-        admin_stop.clone(),
-    ));
-    let deadline = config.shutdown.drain_deadline();
+    let admin = crate::admin::Admin::spawn(admin_listener, metrics, Arc::new(move || ready_state.is_ready()));
     let server = run(listener, state, shutdown.clone());
     tokio::pin!(server);
-    let served = tokio::select! {
-        r = &mut server => r.map_err(|e| format!("webhook listener failed: {e}")),
-        () = shutdown.cancelled() => {
-            tracing::info!(deadline_ms = deadline.as_millis() as u64, "draining in-flight requests");
-            match tokio::time::timeout(deadline, &mut server).await {
-                Ok(r) => r.map_err(|e| format!("webhook listener failed: {e}")),
-                Err(_) => {
-                    tracing::warn!("drain deadline passed with requests in flight; they were not answered 2xx");
-                    Ok(())
-                }
-            }
-        }
+    let served = match crate::shutdown::drain(&mut server, &shutdown, config.shutdown.drain_deadline()).await {
+        Some(r) => r.map_err(|e| format!("webhook listener failed: {e}")),
+        // Those requests were not answered 2xx: Partner Center delivers them again.
+        None => Ok(()),
     };
-    publisher.close(Duration::from_secs(5).min(deadline)).await;
-    admin_stop.cancel();
-    let _ = admin.await;
+    publisher.close(Duration::from_secs(5).min(config.shutdown.drain_deadline())).await;
+    admin.stop().await;
     tracing::info!("ingress stopped");
     served
 }

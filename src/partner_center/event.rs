@@ -1,5 +1,5 @@
-//! The webhook event: tolerant parsing, the catalogue of event names, the event id, and
-//! destination naming — the one place that decides what a destination is called.
+//! The webhook event: tolerant parsing, the catalogue of event names and the event id.
+//! (What pcbridge names its destinations is its own contract: `crate::contract`.)
 //!
 //! Partner Center's documented payloads are loose (stray whitespace, `null` or missing
 //! fields, numbers as strings), so parsing asks only for `EventName` and reads every
@@ -44,12 +44,6 @@ pub const CATALOGUE: [&str; 24] = [
 pub fn needs_api(event_name: &str) -> bool {
     !event_name.trim().starts_with("dap-admin-relationship-")
 }
-
-/// The destination stem of event names that cannot be used verbatim.
-pub const UNRECOGNIZED: &str = "unrecognized";
-
-/// Longest event name used verbatim in a destination name.
-pub const MAX_EVENT_NAME_LEN: usize = 200;
 
 /// Why a body is not a usable event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,58 +119,6 @@ pub fn event_id(body: &[u8]) -> String {
     hex::encode(Sha256::digest(body))
 }
 
-/// Whether `name` can be used verbatim in a topic / queue / routing-key name.
-pub fn is_safe_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_EVENT_NAME_LEN
-        && name != "."
-        && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// Destination names, from the configured prefix.
-#[derive(Debug, Clone)]
-pub struct Destinations {
-    prefix: String,
-}
-
-impl Destinations {
-    pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
-    }
-
-    /// The name an event's destinations are built from: the event name when safe,
-    /// `unrecognized` otherwise (the event is signed by Microsoft, so it is kept).
-    pub fn stem<'a>(&self, event_name: &'a str) -> &'a str {
-        if is_safe_name(event_name) { event_name } else { UNRECOGNIZED }
-    }
-
-    /// `{prefix}{EventName}` (or `{prefix}unrecognized`).
-    pub fn raw(&self, event_name: &str) -> String {
-        format!("{}{}", self.prefix, self.stem(event_name))
-    }
-
-    /// `{prefix}{EventName}.enriched`.
-    pub fn enriched(&self, event_name: &str) -> String {
-        format!("{}{}.enriched", self.prefix, self.stem(event_name))
-    }
-
-    /// `{prefix}dead-letter`.
-    pub fn dead_letter(&self) -> String {
-        format!("{}dead-letter", self.prefix)
-    }
-
-    /// The raw destinations of every catalogue event plus `{prefix}unrecognized`.
-    pub fn all_raw(&self) -> Vec<String> {
-        CATALOGUE.iter().chain(&[UNRECOGNIZED]).map(|n| self.raw(n)).collect()
-    }
-}
-
-/// The CloudEvents `type` of a raw event.
-pub fn cloud_event_type(event_name: &str) -> String {
-    format!("com.microsoft.partnercenter.{event_name}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,20 +152,6 @@ mod tests {
         assert_eq!(Event::parse(b"{}"), Err(EventError::MissingEventName));
         assert_eq!(Event::parse(br#"{"EventName":"  "}"#), Err(EventError::MissingEventName));
         assert_eq!(Event::parse(br#"{"EventName":null}"#), Err(EventError::MissingEventName));
-    }
-
-    #[test]
-    fn destinations() {
-        let d = Destinations::new("partnercenter.");
-        assert_eq!(d.raw("subscription-updated"), "partnercenter.subscription-updated");
-        assert_eq!(d.enriched("subscription-updated"), "partnercenter.subscription-updated.enriched");
-        assert_eq!(d.dead_letter(), "partnercenter.dead-letter");
-        assert_eq!(d.raw("a b"), "partnercenter.unrecognized");
-        assert_eq!(d.raw("x/../y"), "partnercenter.unrecognized");
-        assert_eq!(d.raw(&"a".repeat(201)), "partnercenter.unrecognized");
-        assert_eq!(d.raw(&"a".repeat(200)), format!("partnercenter.{}", "a".repeat(200)));
-        assert_eq!(d.all_raw().len(), 25);
-        assert!(CATALOGUE.iter().all(|n| is_safe_name(n)));
     }
 
     #[test]

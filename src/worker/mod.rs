@@ -14,9 +14,14 @@ pub mod retry;
 
 use crate::broker::{Consumer, Delivery, Message, PublishError, Publisher};
 use crate::config::Config;
+use crate::contract::{
+    destinations::{Destinations, all_stems},
+    envelope::{error_kind, status},
+    headers,
+};
 use crate::partner_center::{
     client::ApiClient,
-    event::{CATALOGUE, Destinations, Event, UNRECOGNIZED, event_id, needs_api},
+    event::{Event, event_id, needs_api},
     resource::Resolver,
 };
 use crate::shutdown::CancellationToken;
@@ -63,7 +68,7 @@ pub struct WorkerState {
 pub fn stems(config: &Config) -> Vec<String> {
     let d = Destinations::new(config.broker.prefix.clone());
     let names: Vec<&str> = if config.worker.events.is_empty() {
-        CATALOGUE.iter().copied().chain([UNRECOGNIZED]).collect()
+        all_stems().collect()
     } else {
         config.worker.events.iter().map(|e| e.trim()).collect()
     };
@@ -242,8 +247,8 @@ async fn process(state: &WorkerState, d: Delivery, slot: SemaphorePermit<'_>) {
     let (message, outcome) = match state.enricher.enrich(raw, &state.abandon).await {
         Ok(e) => {
             let outcome = match e.status {
-                enrich::status::NOT_APPLICABLE => worker_outcome::NOT_APPLICABLE,
-                enrich::status::RESOURCE_GONE => worker_outcome::RESOURCE_GONE,
+                status::NOT_APPLICABLE => worker_outcome::NOT_APPLICABLE,
+                status::RESOURCE_GONE => worker_outcome::RESOURCE_GONE,
                 _ => worker_outcome::ENRICHED,
             };
             (output::enriched(&d, &who, &e, &state.destinations, &state.source), outcome)
@@ -263,7 +268,7 @@ async fn process(state: &WorkerState, d: Delivery, slot: SemaphorePermit<'_>) {
         // The broker refused the enriched message itself (too large, say): it cannot go
         // where it belongs, so it becomes a dead letter — which is small, being the raw body.
         Published::Refused(reason) if outcome != worker_outcome::DEAD_LETTERED => {
-            let kind = enrich::error_kind::PUBLISH_REFUSED;
+            let kind = error_kind::PUBLISH_REFUSED;
             tracing::warn!(event_id = %who.event_id, reason, "enriched message refused by the broker; dead-lettering");
             state.metrics.dead_letters.with_label_values(&[kind]).inc();
             let m = output::dead_letter(&d, &who, kind, &reason, 0, &state.destinations, &state.source);
@@ -286,13 +291,13 @@ async fn process(state: &WorkerState, d: Delivery, slot: SemaphorePermit<'_>) {
 
 /// The event id and name from the raw headers, or from the body when they are missing.
 fn identify(d: &Delivery) -> Identity {
-    let event_id = d.header("pc-event-id").map(str::to_string).unwrap_or_else(|| event_id(&d.body));
+    let event_id = d.header(headers::EVENT_ID).map(str::to_string).unwrap_or_else(|| event_id(&d.body));
     let event_name = d
-        .header("pc-event-name")
+        .header(headers::EVENT_NAME)
         .map(str::to_string)
         .or_else(|| Event::parse(&d.body).ok().map(|e| e.name))
-        .unwrap_or_else(|| UNRECOGNIZED.into());
-    let received_at = d.header("pc-received-at").unwrap_or_default().to_string();
+        .unwrap_or_else(|| crate::contract::destinations::UNRECOGNIZED.into());
+    let received_at = d.header(headers::RECEIVED_AT).unwrap_or_default().to_string();
     Identity { event_id, event_name, received_at }
 }
 
@@ -330,6 +335,39 @@ async fn publish_until_confirmed(state: &WorkerState, message: &Message) -> Publ
     }
 }
 
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No Partner Center credentials for events that need them ([`check_credentials`]).
+    #[error("{0}")]
+    Credentials(String),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::SetupError),
+}
+
+/// The one start-up path of the worker, for the CLI, `dev` and the tests alike: checks
+/// the credentials, connects the publisher, creates the raw destinations it consumes
+/// (subscribing to a topic that does not exist yet would leave it unread until the next
+/// metadata refresh), subscribes, then runs [`serve`] in a task of its own until
+/// `shutdown` and the drain are done.
+pub async fn start(
+    config: &Config,
+    client_id: &str,
+    admin_listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<Result<(), String>>, StartError> {
+    check_credentials(config).map_err(StartError::Credentials)?;
+    let publisher = crate::broker::connect(config, client_id, metrics.clone()).await?;
+    let sources = sources(config);
+    if let Err(e) = publisher.ensure_destinations(&sources).await {
+        tracing::warn!(error = %e, "could not create the source destinations");
+    }
+    let consumer = crate::broker::consume(config, sources, client_id, metrics.clone()).await?;
+    let config = config.clone();
+    Ok(tokio::spawn(async move { serve(&config, admin_listener, consumer, publisher, metrics, shutdown).await }))
+}
+
 /// Runs the whole worker role: creates its output destinations, serves the admin
 /// endpoints, consumes until `shutdown`, then drains within `shutdown.drain_deadline_ms`
 /// and commits what finished.
@@ -342,36 +380,29 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let state = Arc::new(WorkerState::new(config, consumer.clone(), publisher.clone(), metrics.clone())?);
-    let d = &state.destinations;
     let stems = stems(config);
-    let outputs: Vec<String> = stems.iter().map(|s| d.enriched(s)).chain([d.dead_letter()]).collect();
+    let outputs = state.destinations.outputs(&stems);
     if let Err(e) = publisher.ensure_destinations(&outputs).await {
         tracing::warn!(error = %e, "could not create output destinations at start-up; will retry on first use");
     }
-    let admin_stop = CancellationToken::new();
     let (c, p, s) = (consumer.clone(), publisher.clone(), shutdown.clone());
-    let ready = Arc::new(move || !s.is_cancelled() && c.is_ready() && p.is_ready());
-    let admin = tokio::spawn(crate::admin::run(admin_listener, metrics, ready, admin_stop.clone()));
+    let admin = crate::admin::Admin::spawn(
+        admin_listener,
+        metrics,
+        Arc::new(move || !s.is_cancelled() && c.is_ready() && p.is_ready()),
+    );
     tracing::info!(sources = stems.len(), concurrency = config.worker.concurrency, "worker consuming");
 
-    let deadline = config.shutdown.drain_deadline();
     let work = run(state.clone(), shutdown.clone());
     tokio::pin!(work);
-    tokio::select! {
-        () = &mut work => {}
-        () = shutdown.cancelled() => {
-            tracing::info!(deadline_ms = deadline.as_millis() as u64, "draining in-flight events");
-            if tokio::time::timeout(deadline, &mut work).await.is_err() {
-                tracing::warn!("drain deadline passed; unfinished events stay unacknowledged and will be redelivered");
-                state.abandon.cancel();
-                let _ = tokio::time::timeout(Duration::from_secs(2), &mut work).await;
-            }
-        }
+    if crate::shutdown::drain(&mut work, &shutdown, config.shutdown.drain_deadline()).await.is_none() {
+        // Unfinished events stay unacknowledged and are delivered again.
+        state.abandon.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut work).await;
     }
     consumer.close().await;
-    publisher.close(Duration::from_secs(5).min(deadline)).await;
-    admin_stop.cancel();
-    let _ = admin.await;
+    publisher.close(Duration::from_secs(5).min(config.shutdown.drain_deadline())).await;
+    admin.stop().await;
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -1,14 +1,13 @@
 //! The messages the worker publishes: the enriched event and the dead letter, both
-//! carrying the raw message's headers (SPEC section 3).
+//! carrying the raw message's headers (docs/message-contract.md).
 
 use super::enrich::Enriched;
 use crate::broker::{CloudEvent, Delivery, Message};
-use crate::partner_center::event::{Destinations, cloud_event_type};
+use crate::contract::{
+    destinations::{DEAD_LETTER_TYPE_SUFFIX, Destinations, ENRICHED_TYPE_SUFFIX, cloud_event_type},
+    headers,
+};
 use bytes::Bytes;
-
-pub const HEADER_ERROR_KIND: &str = "pc-error-kind";
-pub const HEADER_ERROR: &str = "pc-error";
-pub const HEADER_ATTEMPTS: &str = "pc-attempts";
 
 /// What identifies the event a delivery carries.
 pub struct Identity {
@@ -37,7 +36,7 @@ pub fn enriched(d: &Delivery, who: &Identity, e: &Enriched, destinations: &Desti
         key: d.key.clone(),
         id: who.event_id.clone(),
         headers: d.headers.clone(),
-        cloud_event: cloud_event(d, who, source, ".enriched"),
+        cloud_event: cloud_event(d, who, source, ENRICHED_TYPE_SUFFIX),
         content_type: "application/json",
         body: Bytes::from(serde_json::to_vec(&e.envelope).unwrap_or_default()),
     }
@@ -55,16 +54,16 @@ pub fn dead_letter(
 ) -> Message {
     let one_line: String = reason.replace(['\r', '\n'], " ").chars().take(1000).collect();
     let mut headers = d.headers.clone();
-    headers.retain(|(k, _)| ![HEADER_ERROR_KIND, HEADER_ERROR, HEADER_ATTEMPTS].contains(&k.as_str()));
-    headers.push((HEADER_ERROR_KIND.into(), kind.into()));
-    headers.push((HEADER_ERROR.into(), one_line));
-    headers.push((HEADER_ATTEMPTS.into(), attempts.to_string()));
+    headers.retain(|(k, _)| !headers::DEAD_LETTER_ONLY.contains(&k.as_str()));
+    headers.push((headers::ERROR_KIND.into(), kind.into()));
+    headers.push((headers::ERROR.into(), one_line));
+    headers.push((headers::ATTEMPTS.into(), attempts.to_string()));
     Message {
         destination: destinations.dead_letter(),
         key: d.key.clone(),
         id: who.event_id.clone(),
         headers,
-        cloud_event: cloud_event(d, who, source, ".deadletter"),
+        cloud_event: cloud_event(d, who, source, DEAD_LETTER_TYPE_SUFFIX),
         content_type: "application/json",
         body: d.body.clone(),
     }

@@ -10,7 +10,7 @@ use lapin::{
     types::FieldTable,
 };
 use pcbridge::config::Config;
-use pcbridge::partner_center::event::{Destinations, event_id};
+use pcbridge::{contract::destinations::Destinations, partner_center::event::event_id};
 use serde_json::json;
 use std::{
     collections::{HashMap, HashSet},

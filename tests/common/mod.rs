@@ -15,10 +15,9 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use pcbridge::{
-    broker,
     config::{BrokerKind, Config},
+    contract::destinations::{Destinations, all_stems},
     ingress,
-    partner_center::event::Destinations,
     shutdown::CancellationToken,
     telemetry::Metrics,
 };
@@ -165,21 +164,22 @@ pub async fn spawn_ingress(config: Config) -> TestApp {
     pcbridge::partner_center::install_crypto_provider();
     pcbridge::telemetry::init_tracing(pcbridge::telemetry::LogStyle::Text, "warn");
     let metrics = Arc::new(Metrics::new());
-    let publisher = match broker::connect(&config, "pcbridge-test-ingress", metrics.clone()).await {
-        Ok(p) => p,
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}{}", listener.local_addr().expect("addr"), ingress::WEBHOOK_PATH);
+    let admin = format!("http://{}", admin_listener.local_addr().expect("addr"));
+    let shutdown = CancellationToken::new();
+    let started =
+        ingress::start(&config, "pcbridge-test-ingress", listener, admin_listener, metrics.clone(), shutdown.clone())
+            .await;
+    let handle = match started {
+        Ok(handle) => handle,
         Err(e) if config.broker.kind == BrokerKind::Rabbitmq => panic!(
             "RabbitMQ is required by this test and is not reachable at {}: {e}. Start it with `make services`.",
             config.rabbitmq.url
         ),
         Err(e) => panic!("cannot start publisher: {e}"),
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}{}", listener.local_addr().expect("addr"), ingress::WEBHOOK_PATH);
-    let admin = format!("http://{}", admin_listener.local_addr().expect("addr"));
-    let shutdown = CancellationToken::new();
-    let (cfg, m, s) = (config.clone(), metrics.clone(), shutdown.clone());
-    let handle = tokio::spawn(async move { ingress::serve(&cfg, listener, admin_listener, publisher, m, s).await });
     // The ingress closes a keep-alive connection idle for request_timeout (hyper's header
     // read timeout covers the wait for the next request); drop pooled ones well before, so
     // a test never reuses a connection as the server closes it.
@@ -636,16 +636,13 @@ pub async fn spawn_worker(config: &Config) -> TestWorker {
     pcbridge::partner_center::install_crypto_provider();
     pcbridge::telemetry::init_tracing(pcbridge::telemetry::LogStyle::Text, "warn");
     let metrics = Arc::new(Metrics::new());
-    let publisher = broker::connect(config, "pcbridge-test-worker", metrics.clone()).await.expect("worker publisher");
-    let consumer = broker::consume(config, pcbridge::worker::sources(config), "pcbridge-test-worker", metrics.clone())
-        .await
-        .expect("worker consumer");
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let admin = format!("http://{}", admin_listener.local_addr().expect("addr"));
     let shutdown = CancellationToken::new();
-    let (cfg, m, s) = (config.clone(), metrics.clone(), shutdown.clone());
     let handle =
-        tokio::spawn(async move { pcbridge::worker::serve(&cfg, admin_listener, consumer, publisher, m, s).await });
+        pcbridge::worker::start(config, "pcbridge-test-worker", admin_listener, metrics.clone(), shutdown.clone())
+            .await
+            .expect("worker starts");
     TestWorker { admin, metrics, shutdown, handle }
 }
 
@@ -667,12 +664,7 @@ pub fn worker_events_total(metrics: &str) -> u64 {
 
 /// Output destinations of a test (enriched for every catalogue event, and dead letters).
 pub fn output_queues(config: &Config) -> Vec<String> {
-    let d = Destinations::new(config.broker.prefix.clone());
-    pcbridge::partner_center::event::CATALOGUE
-        .iter()
-        .map(|n| d.enriched(n))
-        .chain([d.enriched(""), d.dead_letter()])
-        .collect()
+    Destinations::new(config.broker.prefix.clone()).outputs(&all_stems().collect::<Vec<_>>())
 }
 
 /// Replaces `{{Name}}` and `{name}` placeholders with concrete ids (`name-1`).

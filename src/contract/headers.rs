@@ -1,0 +1,71 @@
+//! Header names of the raw, enriched and dead-letter messages (Kafka record headers;
+//! AMQP message headers), and the W3C `traceparent` the ingress writes.
+//! `docs/message-contract.md` describes each.
+
+/// Lowercase hex SHA-256 of the body: the deduplication key.
+pub const EVENT_ID: &str = "pc-event-id";
+/// The webhook's `EventName`, as sent (also when the destination is `unrecognized`).
+pub const EVENT_NAME: &str = "pc-event-name";
+/// When the ingress accepted the event, RFC 3339 UTC.
+pub const RECEIVED_AT: &str = "pc-received-at";
+/// Partner Center's signature, as sent (`Signature <base64>`).
+pub const SIGNATURE: &str = "pc-signature";
+/// The `X-MS-Certificate-Url` the signature was verified with.
+pub const CERTIFICATE_URL: &str = "pc-certificate-url";
+/// The `X-MS-Signature-Algorithm` (`rsa-sha256`).
+pub const SIGNATURE_ALGORITHM: &str = "pc-signature-algorithm";
+/// W3C trace context of the hop that published the raw message.
+pub const TRACEPARENT: &str = "traceparent";
+/// Dead letters: why (`permanent`, `retries-exhausted`, … see [`super::envelope::error_kind`]).
+pub const ERROR_KIND: &str = "pc-error-kind";
+/// Dead letters: a one-line reason.
+pub const ERROR: &str = "pc-error";
+/// Dead letters: API attempts made before giving up.
+pub const ATTEMPTS: &str = "pc-attempts";
+
+/// The headers a dead letter adds to its raw message's, which a replay removes again.
+pub const DEAD_LETTER_ONLY: [&str; 3] = [ERROR_KIND, ERROR, ATTEMPTS];
+
+/// A W3C `traceparent` for this hop: the incoming trace continued with a new span id,
+/// or a new trace when there is none (or it is malformed).
+pub fn traceparent(incoming: Option<&str>) -> String {
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    if let Some((trace_id, flags)) = incoming.and_then(parse_traceparent) {
+        return format!("00-{trace_id}-{span}-{flags}");
+    }
+    format!("00-{}-{span}-01", uuid::Uuid::new_v4().simple())
+}
+
+/// `(trace-id, flags)` of a valid version-00 traceparent.
+fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
+    let mut parts = value.trim().split('-');
+    let (version, trace_id, parent_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let valid = version == "00"
+        && parts.next().is_none()
+        && hex(trace_id, 32)
+        && hex(parent_id, 16)
+        && hex(flags, 2)
+        && trace_id.bytes().any(|b| b != b'0')
+        && parent_id.bytes().any(|b| b != b'0');
+    valid.then_some((trace_id, flags))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_continues_or_starts() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let tp = traceparent(Some(incoming));
+        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
+        assert!(!tp.contains("00f067aa0ba902b7"));
+        assert!(parse_traceparent(&tp).is_some());
+        for bad in [None, Some("garbage"), Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01")] {
+            let tp = traceparent(bad);
+            assert!(parse_traceparent(&tp).is_some(), "{tp}");
+            assert!(!tp.contains("4bf92f35"));
+        }
+    }
+}
