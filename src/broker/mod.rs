@@ -6,11 +6,8 @@
 //! to a durable queue). Everything above this module relies on that: the ingress answers
 //! 2xx only after `publish` returned `Ok`.
 
-pub mod kafka;
-pub mod kafka_consumer;
-pub mod offsets;
-pub mod rabbitmq;
-pub mod rabbitmq_consumer;
+mod kafka;
+mod rabbitmq;
 
 use crate::config::{BrokerKind, Config};
 use crate::telemetry::Metrics;
@@ -154,8 +151,8 @@ pub trait Backlog: Send {
 /// Opens a [`Backlog`] of `destination`.
 pub async fn backlog(config: &Config, destination: &str) -> Result<Box<dyn Backlog>, SetupError> {
     Ok(match config.broker.kind {
-        BrokerKind::Kafka => Box::new(kafka_consumer::KafkaBacklog::open(config, destination).await?),
-        BrokerKind::Rabbitmq => Box::new(rabbitmq_consumer::RabbitBacklog::open(config, destination).await?),
+        BrokerKind::Kafka => Box::new(kafka::KafkaBacklog::open(config, destination).await?),
+        BrokerKind::Rabbitmq => Box::new(rabbitmq::RabbitBacklog::open(config, destination).await?),
     })
 }
 
@@ -193,8 +190,8 @@ pub async fn consume(
     metrics: Arc<Metrics>,
 ) -> Result<Arc<dyn Consumer>, SetupError> {
     Ok(match config.broker.kind {
-        BrokerKind::Kafka => Arc::new(kafka_consumer::KafkaConsumer::start(config, sources, client_name, metrics)?),
-        BrokerKind::Rabbitmq => rabbitmq_consumer::RabbitConsumer::start(config, sources, client_name).await?,
+        BrokerKind::Kafka => Arc::new(kafka::KafkaConsumer::start(config, sources, client_name, metrics)?),
+        BrokerKind::Rabbitmq => rabbitmq::RabbitConsumer::start(config, sources, client_name).await?,
     })
 }
 

@@ -1,21 +1,18 @@
-//! RabbitMQ through lapin: a durable topic exchange, a durable queue per destination,
-//! persistent messages published `mandatory` on a confirm-mode channel, and a
-//! supervisor that reconnects with backoff after the broker goes away.
+//! The RabbitMQ publisher: persistent messages published `mandatory` on a confirm-mode
+//! channel, and a supervisor that reconnects with backoff after the broker goes away.
 //!
 //! A publish is reported successful only on a positive publisher confirm with no
 //! `basic.return`: RabbitMQ confirms a persistent message routed to a durable queue once
 //! it is written to disk (or, for quorum queues, to a majority of replicas). An
 //! unroutable message is returned before its confirm and is treated as a failure.
 
-use super::{CLOUDEVENTS_SPEC_VERSION, Message, PublishError, Publisher, SetupError};
-use crate::config::{Config, QueueType, RabbitMqConfig, redact_url};
+use super::topology::{amqp_uri, declare_exchange, declare_queue, reconnect_delays};
+use crate::broker::{CLOUDEVENTS_SPEC_VERSION, Message, PublishError, Publisher, SetupError};
+use crate::config::{Config, QueueType, redact_url};
 use crate::telemetry::Metrics;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm,
-    options::{
-        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    },
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
     uri::AMQPUri,
 };
@@ -38,7 +35,7 @@ struct Link {
 }
 
 /// The RabbitMQ side of [`Publisher`].
-pub struct RabbitMq {
+pub(crate) struct RabbitMq {
     uri: AMQPUri,
     exchange: String,
     queue_type: QueueType,
@@ -170,7 +167,7 @@ impl RabbitMq {
 }
 
 /// Connects and opens a channel: proves the URL, credentials and vhost work.
-pub async fn probe(config: &Config) -> Result<String, SetupError> {
+pub(crate) async fn probe(config: &Config) -> Result<String, SetupError> {
     let uri = amqp_uri(&config.rabbitmq, config)?;
     let url = redact_url(&config.rabbitmq.url);
     let connect = async {
@@ -185,35 +182,6 @@ pub async fn probe(config: &Config) -> Result<String, SetupError> {
         Ok(Err(e)) => Err(SetupError(format!("rabbitmq at {url}: {e}"))),
         Err(_) => Err(SetupError(format!("rabbitmq at {url}: no answer within 10 s"))),
     }
-}
-
-/// Declares the durable queue `name`, bound to `exchange` with routing key `name`.
-pub(crate) async fn declare_queue(
-    channel: &Channel,
-    exchange: &str,
-    queue_type: QueueType,
-    name: &str,
-) -> Result<(), lapin::Error> {
-    let mut args = FieldTable::default();
-    if queue_type == QueueType::Quorum {
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    }
-    channel.queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
-    channel
-        .queue_bind(name.into(), exchange.into(), name.into(), QueueBindOptions::default(), FieldTable::default())
-        .await
-}
-
-/// Declares the durable topic exchange.
-pub(crate) async fn declare_exchange(channel: &Channel, exchange: &str) -> Result<(), lapin::Error> {
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions { durable: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
 }
 
 /// A publisher confirm that is awaited to the end even when its publish is abandoned
@@ -275,33 +243,6 @@ fn properties(m: &Message) -> BasicProperties {
         .with_app_id("pcbridge".into())
         .with_timestamp(now)
         .with_headers(headers)
-}
-
-pub(crate) fn amqp_uri(rmq: &RabbitMqConfig, config: &Config) -> Result<AMQPUri, SetupError> {
-    let mut uri: AMQPUri = rmq.url.parse().map_err(|e| {
-        SetupError(format!("config key `rabbitmq.url`: {:?} is not an AMQP URL: {e}", redact_url(&rmq.url)))
-    })?;
-    // Credentials written in the URL (only possible from the environment: config.toml
-    // refuses them) win; otherwise `username` and the password from env or file.
-    if redact_url(&rmq.url) == rmq.url {
-        uri.authority.userinfo.username = rmq.username.clone();
-        uri.authority.userinfo.password = config.rabbitmq_password().map_err(|e| SetupError(e.0))?.expose().to_string();
-    }
-    if uri.query.connection_timeout.is_none() {
-        uri.query.connection_timeout = Some(5_000);
-    }
-    Ok(uri)
-}
-
-/// Delays between reconnection attempts: from 100 ms, doubling up to `max`, jittered so
-/// that many clients do not reconnect in step after a broker restart; never giving up.
-pub(crate) fn reconnect_delays(max: Duration) -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 /// Watches the link and re-opens it with exponential backoff (capped at

@@ -5,8 +5,8 @@
 //! [`RabbitBacklog`] drains a queue once for `pcbridge replay`: what it removes is
 //! acknowledged, what it leaves is requeued when its channel closes.
 
-use super::rabbitmq::{amqp_uri, declare_exchange, declare_queue, reconnect_delays};
-use super::{AckInner, AckToken, Consumer, Delivery, SetupError, split_cloud_event};
+use super::topology::{amqp_uri, declare_exchange, declare_queue, reconnect_delays};
+use crate::broker::{AckInner, AckToken, Consumer, Delivery, SetupError, split_cloud_event};
 use crate::config::{Config, QueueType, redact_url};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -37,7 +37,7 @@ struct Settings {
 }
 
 /// The RabbitMQ side of [`Consumer`].
-pub struct RabbitConsumer {
+pub(crate) struct RabbitConsumer {
     deliveries: Mutex<mpsc::Receiver<Delivery>>,
     ready: Arc<AtomicBool>,
     /// Stops the consuming task, which then closes its connection (requeueing what was
@@ -212,9 +212,9 @@ impl Consumer for RabbitConsumer {
 }
 
 /// The messages a queue held when the read began. Removing acknowledges; the rest stay
-/// unacknowledged until [`Backlog::finish`](super::Backlog::finish) closes the channel,
+/// unacknowledged until [`Backlog::finish`](crate::broker::Backlog::finish) closes the channel,
 /// which puts them back in the queue in their order (none is redelivered to this read).
-pub struct RabbitBacklog {
+pub(crate) struct RabbitBacklog {
     connection: Connection,
     consumer: lapin::Consumer,
     size: u64,
@@ -257,7 +257,7 @@ impl RabbitBacklog {
 }
 
 #[async_trait::async_trait]
-impl super::Backlog for RabbitBacklog {
+impl crate::broker::Backlog for RabbitBacklog {
     fn size(&self) -> u64 {
         self.size
     }

@@ -23,7 +23,7 @@ struct State {
 
 /// Tracks consumed offsets until they are done.
 #[derive(Default)]
-pub struct OffsetTracker {
+pub(crate) struct OffsetTracker {
     partitions: Mutex<HashMap<Partition, State>>,
     /// Signalled whenever an offset is done, for [`OffsetTracker::wait_idle`].
     done: Condvar,

@@ -9,8 +9,9 @@
 //!
 //! [`KafkaBacklog`] reads a topic's records once, by assignment, for `pcbridge replay`.
 
+use super::config::{client_config, client_error};
 use super::offsets::OffsetTracker;
-use super::{AckInner, AckToken, Consumer, Delivery, SetupError, split_cloud_event};
+use crate::broker::{AckInner, AckToken, Consumer, Delivery, SetupError, split_cloud_event};
 use crate::config::Config;
 use crate::telemetry::Metrics;
 use bytes::Bytes;
@@ -32,7 +33,7 @@ use std::{
 use tokio::sync::{Mutex, mpsc};
 
 /// Rebalance and statistics callbacks (run on the poll thread).
-pub struct GroupContext {
+pub(crate) struct GroupContext {
     tracker: Arc<OffsetTracker>,
     /// How long a revocation waits for the revoked partitions' in-flight work.
     drain: Duration,
@@ -46,10 +47,7 @@ pub struct GroupContext {
 
 impl ClientContext for GroupContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.ready.store(false, Ordering::Relaxed);
-        }
-        tracing::warn!(error = %error, reason, "kafka consumer error");
+        client_error(&self.ready, error, reason, "consumer");
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -104,7 +102,7 @@ impl ConsumerContext for GroupContext {
 }
 
 /// The Kafka side of [`Consumer`].
-pub struct KafkaConsumer {
+pub(crate) struct KafkaConsumer {
     consumer: Arc<BaseConsumer<GroupContext>>,
     tracker: Arc<OffsetTracker>,
     deliveries: Mutex<mpsc::Receiver<Delivery>>,
@@ -132,7 +130,7 @@ impl KafkaConsumer {
             ("topic.metadata.refresh.interval.ms", "10000".to_string()),
         ];
         // Offsets are stored by `ack` alone, for finished work only.
-        let cc = super::kafka::client_config(config, client_name, &defaults, &[("enable.auto.offset.store", "false")]);
+        let cc = client_config(config, client_name, &defaults, &[("enable.auto.offset.store", "false")]);
         let context = GroupContext {
             tracker: tracker.clone(),
             drain: config.shutdown.drain_deadline(),
@@ -266,7 +264,7 @@ impl Consumer for KafkaConsumer {
 /// The records of one topic, from its beginning to the end offsets it had when the read
 /// began. No consumer
 /// group offsets are committed: the read changes nothing.
-pub struct KafkaBacklog {
+pub(crate) struct KafkaBacklog {
     consumer: Arc<StreamConsumer>,
     /// Partition → end offset (exclusive) still to reach.
     remaining: HashMap<i32, i64>,
@@ -283,7 +281,7 @@ impl KafkaBacklog {
             ("enable.auto.commit", "false".to_string()),
             ("enable.auto.offset.store", "false".to_string()),
         ];
-        let cc = super::kafka::client_config(config, "pcbridge-replay", &defaults, &[]);
+        let cc = client_config(config, "pcbridge-replay", &defaults, &[]);
         let consumer: Arc<StreamConsumer> =
             Arc::new(cc.create().map_err(|e| SetupError(format!("kafka consumer: {e}")))?);
         let (c, topic_name) = (consumer.clone(), topic.to_string());
@@ -333,7 +331,7 @@ fn plan(consumer: &StreamConsumer, topic: &str) -> Result<Vec<(i32, i64, i64)>, 
 }
 
 #[async_trait::async_trait]
-impl super::Backlog for KafkaBacklog {
+impl crate::broker::Backlog for KafkaBacklog {
     fn size(&self) -> u64 {
         self.size
     }

@@ -5,11 +5,12 @@
 //! in-sync replica has the record (`acks=all`); the idempotent producer keeps its
 //! internal retries from duplicating or reordering records within a partition.
 
-use super::{CLOUDEVENTS_SPEC_VERSION, Message, PublishError, Publisher, SetupError};
+use super::config::{base_client_config, client_error, producer_config};
+use crate::broker::{CLOUDEVENTS_SPEC_VERSION, Message, PublishError, Publisher, SetupError};
 use crate::config::Config;
 use crate::telemetry::Metrics;
 use rdkafka::{
-    ClientConfig, ClientContext,
+    ClientContext,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     error::{KafkaError, RDKafkaErrorCode},
@@ -27,7 +28,7 @@ use std::{
 };
 
 /// Producer context that turns librdkafka's connection errors into the readiness flag.
-pub struct ReadinessContext {
+pub(crate) struct ReadinessContext {
     /// Cleared when librdkafka reports every broker down; set again by the probe or by
     /// the next successful delivery. Shared with [`Kafka`], read by `/readyz`.
     ready: Arc<AtomicBool>,
@@ -35,10 +36,7 @@ pub struct ReadinessContext {
 
 impl ClientContext for ReadinessContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.ready.store(false, Ordering::Relaxed);
-        }
-        tracing::warn!(error = %error, reason, "kafka client error");
+        client_error(&self.ready, error, reason, "producer");
     }
 }
 
@@ -48,7 +46,7 @@ impl ProducerContext for ReadinessContext {
 }
 
 /// The Kafka side of [`Publisher`].
-pub struct Kafka {
+pub(crate) struct Kafka {
     producer: FutureProducer<ReadinessContext>,
     admin: AdminClient<DefaultClientContext>,
     /// Topics known to exist, so a topic is created at most once per process and the
@@ -66,13 +64,9 @@ pub struct Kafka {
     metrics: Arc<Metrics>,
 }
 
-/// librdkafka settings pcbridge relies on; applied after the user's passthrough
-/// properties so the delivery guarantee cannot be configured away by accident.
-const ENFORCED: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
-
 impl Kafka {
     /// Builds the producer and admin client; connection happens in the background.
-    pub fn connect(config: &Config, client_name: &str, metrics: Arc<Metrics>) -> Result<Self, SetupError> {
+    pub(crate) fn connect(config: &Config, client_name: &str, metrics: Arc<Metrics>) -> Result<Self, SetupError> {
         let publish_timeout = config.ingress.publish_timeout();
         let cc = producer_config(config, client_name);
         let ready = Arc::new(AtomicBool::new(false));
@@ -197,7 +191,7 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(5);
 const CREATE_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Fetches cluster metadata once: proves the brokers are reachable and the credentials work.
-pub async fn probe(config: &Config) -> Result<String, SetupError> {
+pub(crate) async fn probe(config: &Config) -> Result<String, SetupError> {
     let producer: rdkafka::producer::BaseProducer = base_client_config(config, "pcbridge-check")
         .create()
         .map_err(|e| SetupError(format!("kafka client: {e} (check kafka.properties)")))?;
@@ -213,50 +207,6 @@ pub async fn probe(config: &Config) -> Result<String, SetupError> {
     .map_err(|e| SetupError(format!("kafka probe task: {e}")))?
 }
 
-/// The producer's settings: pcbridge's defaults, then the user's passthrough
-/// properties, then [`ENFORCED`] (with a warning when the user asked otherwise).
-pub fn producer_config(config: &Config, client_name: &str) -> ClientConfig {
-    let publish_timeout = config.ingress.publish_timeout().as_millis();
-    // librdkafka gives up on a record when the ingress does, so a 503'd event is not
-    // delivered later behind the sender's back.
-    let defaults = [
-        ("linger.ms", "1".to_string()),
-        ("message.timeout.ms", publish_timeout.to_string()),
-        ("request.timeout.ms", publish_timeout.clamp(1, 30_000).to_string()),
-    ];
-    client_config(config, client_name, &defaults, ENFORCED)
-}
-
-/// A client's settings, in order of precedence: `bootstrap.servers` and `client.id`,
-/// then the role's `defaults`, then the user's `kafka.properties`, then `enforced` —
-/// what the delivery guarantee rests on, which the user's properties cannot turn off.
-pub fn client_config(
-    config: &Config,
-    client_name: &str,
-    defaults: &[(&str, String)],
-    enforced: &[(&str, &str)],
-) -> ClientConfig {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &config.kafka.bootstrap_servers).set("client.id", client_name);
-    for (k, v) in defaults {
-        cc.set(*k, v);
-    }
-    for (k, v) in config.kafka.normalized_properties() {
-        cc.set(k, v);
-    }
-    for (k, v) in enforced {
-        if cc.get(k).is_some_and(|set| set != *v) {
-            tracing::warn!(
-                property = k,
-                enforced = v,
-                "overriding kafka property: pcbridge needs it for at-least-once delivery"
-            );
-        }
-        cc.set(*k, *v);
-    }
-    cc
-}
-
 /// Only a refusal of this very record is `Rejected` (sending it again cannot help);
 /// everything else — timeouts, broker or leader trouble, authorization being fixed — may
 /// pass on a later try.
@@ -269,11 +219,6 @@ fn classify(e: &KafkaError, timeout: Duration) -> PublishError {
         }
         _ => PublishError::Unavailable(e.to_string()),
     }
-}
-
-/// Settings of the clients with no role-specific ones (admin, `check`).
-pub fn base_client_config(config: &Config, client_name: &str) -> ClientConfig {
-    client_config(config, client_name, &[], &[])
 }
 
 /// Kafka record headers for a message: its own headers, then the CloudEvents Kafka
