@@ -1,6 +1,7 @@
-//! The worker's settings and the Partner Center / Graph / Entra ID endpoints it calls.
+//! The `[partner_center]` and `[worker]` sections: the APIs the worker calls (Partner
+//! Center, Graph, Entra ID) and how it consumes, retries and deduplicates.
 
-use super::Secret;
+use super::{ConfigError, Secret, file_exists, invalid, is_http_url};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -117,5 +118,43 @@ impl Default for WorkerConfig {
             dedup_window_secs: 600,
             dedup_max_entries: 100_000,
         }
+    }
+}
+
+impl PartnerCenterConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        file_exists("partner_center.client_secret_file", &self.client_secret_file)?;
+        file_exists("partner_center.refresh_token_file", &self.refresh_token_file)?;
+        for (key, url) in [
+            ("partner_center.base_url", &self.base_url),
+            ("partner_center.graph_base_url", &self.graph_base_url),
+            ("partner_center.token_base_url", &self.token_base_url),
+        ] {
+            if !is_http_url(url) {
+                return invalid(key, format!("{url:?} is not an http(s) URL"));
+            }
+        }
+        if self.fraud_page_size == 0 || self.fraud_max_pages == 0 {
+            return invalid("partner_center.fraud_page_size", "and fraud_max_pages must be greater than 0");
+        }
+        Ok(())
+    }
+}
+
+impl WorkerConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.concurrency == 0 || self.concurrency > 4096 {
+            return invalid("worker.concurrency", "must be between 1 and 4096");
+        }
+        if self.max_attempts == 0 {
+            return invalid("worker.max_attempts", "must be at least 1");
+        }
+        if self.retry_min_delay_ms == 0 || self.retry_max_delay_ms < self.retry_min_delay_ms {
+            return invalid("worker.retry_max_delay_ms", "must be at least worker.retry_min_delay_ms (> 0)");
+        }
+        if self.prefetch == 0 {
+            return invalid("worker.prefetch", "must be greater than 0");
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,100 @@
+//! Secrets: a type that never prints its value, read from the environment or from a
+//! file; and the scalar deserializers the environment needs (it may type `12345` or
+//! `true` where a string is expected).
+
+use super::{Config, ConfigError};
+use serde::{Deserialize, Serialize};
+use std::{collections::BTreeMap, fmt};
+
+/// A secret value: printed as `***` by `Debug` so a logged config never leaks it.
+#[derive(Clone, Default, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        scalar_string(d).map(Secret)
+    }
+}
+
+/// A string from any scalar: the environment (and TOML) may type `12345` or `true`.
+pub(super) fn scalar_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i64),
+        U(u64),
+        F(f64),
+        B(bool),
+    }
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::S(s) => s,
+        Scalar::I(i) => i.to_string(),
+        Scalar::U(u) => u.to_string(),
+        Scalar::F(f) => f.to_string(),
+        Scalar::B(b) => b.to_string(),
+    })
+}
+
+/// A map whose values may be any scalar, kept as strings (librdkafka properties).
+pub(super) fn scalar_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Value(#[serde(deserialize_with = "scalar_string")] String);
+    let map = BTreeMap::<String, Value>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, Value(v))| (k, v)).collect())
+}
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is handed to a client library.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+    }
+}
+
+impl Config {
+    /// The RabbitMQ password: the environment, else `password_file`, else RabbitMQ's
+    /// default `guest` (which RabbitMQ accepts only over loopback).
+    pub fn rabbitmq_password(&self) -> Result<Secret, ConfigError> {
+        let r = &self.rabbitmq;
+        Ok(read_secret(&r.password, &r.password_file, "rabbitmq.password_file")?
+            .unwrap_or_else(|| Secret::new("guest")))
+    }
+
+    /// The Entra ID client secret, if configured (environment, else file).
+    pub fn client_secret(&self) -> Result<Option<Secret>, ConfigError> {
+        let pc = &self.partner_center;
+        read_secret(&pc.client_secret, &pc.client_secret_file, "partner_center.client_secret_file")
+    }
+
+    /// The App+User refresh token, if configured (environment, else file).
+    pub fn refresh_token(&self) -> Result<Option<Secret>, ConfigError> {
+        let pc = &self.partner_center;
+        read_secret(&pc.refresh_token, &pc.refresh_token_file, "partner_center.refresh_token_file")
+    }
+}
+
+/// A secret from the environment (already in `value`), else from `file`.
+fn read_secret(value: &Secret, file: &str, key: &str) -> Result<Option<Secret>, ConfigError> {
+    if !value.is_empty() {
+        return Ok(Some(value.clone()));
+    }
+    if file.is_empty() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ConfigError(format!("config key `{key}`: cannot read {file:?}: {e}")))?;
+    Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))))
+}
