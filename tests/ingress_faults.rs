@@ -184,7 +184,13 @@ async fn shutdown_finishes_in_flight_requests() {
             req.send().await.map(|r| r.status().as_u16())
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // In flight at the broker: its signature was verified against the cached certificate
+    // (the warm-up cached it), after which only the publish remains. No sleep decides it.
+    let verified = Instant::now();
+    while app.metrics.certificate_cache.with_label_values(&["hit"]).get() < 1 {
+        assert!(verified.elapsed() < Duration::from_secs(5), "the request never reached the publish");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let url = app.url.clone();
     let config = app.config.clone();
     let started = Instant::now();
