@@ -131,30 +131,29 @@ impl Metrics {
         let ingress_in_flight = IntGauge::new("pcbridge_ingress_in_flight_requests", "Webhook requests being handled.")
             .unwrap_or_else(|e| panic!("{e}"));
         registry.register(Box::new(ingress_in_flight.clone())).unwrap_or_else(|e| panic!("{e}"));
-        let publish_duration = HistogramVec::new(
-            HistogramOpts::new("pcbridge_publish_duration_seconds", "Time from publish to broker confirm.")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+            let h = HistogramVec::new(opts, labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry.register(Box::new(h.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            h
+        };
+        let publish_duration = histogram(
+            "pcbridge_publish_duration_seconds",
+            "Time from publish to broker confirm.",
             &["broker", "result"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        registry.register(Box::new(publish_duration.clone())).unwrap_or_else(|e| panic!("{e}"));
+            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        );
         let broker_ready = IntGaugeVec::new(
             Opts::new("pcbridge_broker_ready", "1 while the broker connection is usable."),
             &["broker"],
         )
         .unwrap_or_else(|e| panic!("{e}"));
         registry.register(Box::new(broker_ready.clone())).unwrap_or_else(|e| panic!("{e}"));
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let opts = HistogramOpts::new(name, help)
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
-            let h = HistogramVec::new(opts, labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-            registry.register(Box::new(h.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-            h
-        };
         let api_request_duration = histogram(
             "pcbridge_api_request_duration_seconds",
             "Partner Center / Graph / fraud events API request latency by api and status.",
             &["api", "status"],
+            &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
         );
         let token_requests = counter(
             "pcbridge_token_requests_total",
@@ -187,25 +186,18 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         registry.register(Box::new(consumer_assigned_partitions.clone())).unwrap_or_else(|e| panic!("{e}"));
-        let ingress_request_duration = HistogramVec::new(
-            HistogramOpts::new("pcbridge_ingress_request_duration_seconds", "Webhook request duration by outcome.")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        let ingress_request_duration = histogram(
+            "pcbridge_ingress_request_duration_seconds",
+            "Webhook request duration by outcome.",
             &["outcome"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        registry.register(Box::new(ingress_request_duration.clone())).unwrap_or_else(|e| panic!("{e}"));
-        let worker_event_age = HistogramVec::new(
-            HistogramOpts::new(
-                "pcbridge_worker_event_age_seconds",
-                "Age of an event (now - pc-received-at) when the worker finishes it, by outcome.",
-            )
-            .buckets(vec![
-                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0,
-            ]),
+            &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        );
+        let worker_event_age = histogram(
+            "pcbridge_worker_event_age_seconds",
+            "Age of an event (now - pc-received-at) when the worker finishes it, by outcome.",
             &["outcome"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        registry.register(Box::new(worker_event_age.clone())).unwrap_or_else(|e| panic!("{e}"));
+            &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0],
+        );
         let build_info = IntGaugeVec::new(
             Opts::new("pcbridge_build_info", "Always 1; the labels name the running build."),
             &["version"],
