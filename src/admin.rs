@@ -12,11 +12,30 @@ use axum::{
     routing::get,
 };
 use serde_json::json;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::net::TcpListener;
 
-/// Whether the role can do its work right now.
-pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+/// Whether the role can do its work right now, answered by a check the role installs
+/// once it is connected. The admin listener is served from the first moment of start-up
+/// (so `/healthz` and `/metrics` answer while the broker connects and destinations are
+/// created), and `/readyz` says 503 until the check is there.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    /// Set once, when the role's broker clients exist; shared with the admin handler.
+    check: Arc<OnceLock<Box<dyn Fn() -> bool + Send + Sync>>>,
+}
+
+impl Readiness {
+    /// Installs the check; later calls are ignored (a role connects once).
+    pub fn set(&self, check: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.check.set(Box::new(check));
+    }
+
+    /// Ready only once a check is installed and it passes.
+    pub fn is_ready(&self) -> bool {
+        self.check.get().is_some_and(|check| check())
+    }
+}
 
 #[derive(Clone)]
 struct AdminState {
@@ -33,7 +52,7 @@ pub fn router(metrics: Arc<Metrics>, ready: Readiness) -> Router {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if (s.ready)() {
+    if s.ready.is_ready() {
         (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false }))).into_response()

@@ -64,7 +64,7 @@ async fn tokens(config: &Config) -> Check {
     let pc = &config.partner_center;
     let secret = match config.client_secret() {
         Ok(s) => s,
-        Err(e) => return Check { name: "token", ok: Some(false), detail: e.0 },
+        Err(e) => return Check { name: "token", ok: Some(false), detail: e.to_string() },
     };
     let (Some(secret), false, false) = (secret, pc.tenant_id.is_empty(), pc.client_id.is_empty()) else {
         return Check {
@@ -104,7 +104,7 @@ async fn tokens(config: &Config) -> Check {
 async fn certificate(config: &Config, url: &str) -> Check {
     let store = match CertificateStore::new(&config.signature) {
         Ok(s) => s,
-        Err(e) => return Check { name: "certificate", ok: Some(false), detail: e },
+        Err(e) => return Check { name: "certificate", ok: Some(false), detail: e.to_string() },
     };
     match store.get(url).await {
         Ok((key, _)) => {

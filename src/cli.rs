@@ -67,19 +67,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ingress => run_ingress(config).await,
         Command::Worker => run_worker(config).await,
-        Command::Dev(args) => {
-            crate::dev::run::run(config, args, shutdown::on_signal()).await.map_err(anyhow::Error::msg)
-        }
-        Command::Simulate(args) => {
-            crate::dev::simulate::run(args, shutdown::on_signal()).await.map_err(anyhow::Error::msg)
-        }
+        Command::Dev(args) => Ok(crate::dev::run::run(config, args, shutdown::on_signal()).await?),
+        Command::Simulate(args) => Ok(crate::dev::simulate::run(args, shutdown::on_signal()).await?),
         Command::Register(command) => {
-            let out = crate::register::run(&config, command).await.map_err(anyhow::Error::msg)?;
+            let out = crate::register::run(&config, command).await?;
             print!("{out}");
             Ok(())
         }
         Command::Replay(args) => {
-            let out = crate::replay::run(&config, args).await.map_err(anyhow::Error::msg)?;
+            let out = crate::replay::run(&config, args).await?;
             print!("{out}");
             Ok(())
         }
@@ -103,8 +99,8 @@ async fn run_ingress(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on ingress.listen = {}", config.ingress.listen))?;
     let role = ingress::start(&config, "pcbridge-ingress", listener, admin_listener, Arc::new(Metrics::new()), stop)
         .await
-        .with_context(|| format!("cannot start the {} publisher", config.broker.kind))?;
-    role.await.context("the ingress task failed")?.map_err(anyhow::Error::msg)
+        .with_context(|| format!("cannot start the ingress on {}", config.broker.kind))?;
+    Ok(role.await.context("the ingress task failed")??)
 }
 
 async fn run_worker(config: Config) -> anyhow::Result<()> {
@@ -115,5 +111,5 @@ async fn run_worker(config: Config) -> anyhow::Result<()> {
     let role = worker::start(&config, "pcbridge-worker", admin_listener, Arc::new(Metrics::new()), stop)
         .await
         .with_context(|| format!("cannot start the {} worker", config.broker.kind))?;
-    role.await.context("the worker task failed")?.map_err(anyhow::Error::msg)
+    role.await.context("the worker task failed")
 }

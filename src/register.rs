@@ -49,16 +49,28 @@ pub struct RegisterArgs {
 
 /// A `register` failure, phrased for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RegisterError(pub String);
+pub enum RegisterError {
+    /// The command line asks for something impossible (not a URL, an unknown event).
+    #[error("{0}")]
+    Usage(String),
+    /// The Partner Center client cannot be built from the configuration.
+    #[error("cannot prepare the Partner Center client: {0}")]
+    Client(#[from] crate::partner_center::BuildError),
+    /// Partner Center answered, and the answer means the command cannot be done as
+    /// asked (a registration exists already, none exists, the test-event quota is used).
+    #[error("{0}")]
+    Refused(String),
+    /// The call failed: what failed, where, and what to do about it.
+    #[error("{0}")]
+    Api(String),
+}
 
 /// Runs one `register` command and returns what to print.
 pub async fn run(config: &Config, command: RegisterCommand) -> Result<String, RegisterError> {
     let base = config.partner_center.base_url.clone();
-    let client = ApiClient::new(config, Arc::new(Metrics::new()))
-        .map_err(|e| RegisterError(format!("cannot prepare the Partner Center client: {e}")))?;
+    let client = ApiClient::new(config, Arc::new(Metrics::new()))?;
     let api = RegistrationApi::new(client);
-    let explain = |e: FetchError| RegisterError(explain(&e, &base, config));
+    let explain = |e: FetchError| RegisterError::Api(explain(&e, &base, config));
     match command {
         RegisterCommand::Show => Ok(match api.show().await.map_err(explain)? {
             Some(r) => describe(&r),
@@ -80,7 +92,7 @@ pub async fn run(config: &Config, command: RegisterCommand) -> Result<String, Re
                     ErrorClass::Transient { retry_after: Some(d) } => format!("in {} s", d.as_secs().max(1)),
                     _ => "in a minute".to_string(),
                 };
-                Err(RegisterError(format!(
+                Err(RegisterError::Refused(format!(
                     "Partner Center accepts at most 2 test events a minute, and this tenant has used them: try again {wait}."
                 )))
             }
@@ -88,7 +100,7 @@ pub async fn run(config: &Config, command: RegisterCommand) -> Result<String, Re
         },
         RegisterCommand::Status { correlation_id } => match api.status(&correlation_id).await.map_err(explain)? {
             Some(v) => Ok(describe_validation(&v)),
-            None => Err(RegisterError(format!(
+            None => Err(RegisterError::Refused(format!(
                 "Partner Center knows no test event {correlation_id:?} (it keeps them for 7 days)."
             ))),
         },
@@ -102,9 +114,9 @@ async fn save(
     base: &str,
     config: &Config,
 ) -> Result<String, RegisterError> {
-    let explain = |e: FetchError| RegisterError(explain(&e, base, config));
-    let url =
-        url::Url::parse(&args.url).map_err(|e| RegisterError(format!("--url {:?} is not a URL: {e}", args.url)))?;
+    let explain = |e: FetchError| RegisterError::Api(explain(&e, base, config));
+    let url = url::Url::parse(&args.url)
+        .map_err(|e| RegisterError::Usage(format!("--url {:?} is not a URL: {e}", args.url)))?;
     if url.scheme() != "https" {
         eprintln!("note: Partner Center delivers only to https URLs; {url} is accepted here for test endpoints.");
     }
@@ -114,7 +126,7 @@ async fn save(
     } else {
         let unknown: Vec<&String> = args.events.iter().filter(|e| !offered.contains(e)).collect();
         if !unknown.is_empty() {
-            return Err(RegisterError(format!(
+            return Err(RegisterError::Usage(format!(
                 "Partner Center offers no event named {}; see `pcbridge register events`.",
                 unknown.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ")
             )));
@@ -124,10 +136,10 @@ async fn save(
     let wanted = Registration { webhook_url: args.url, events, ms_signature_header: args.signature_header };
     match api.save(&wanted, create).await {
         Ok(saved) => Ok(format!("{}\n{}", if create { "Registered." } else { "Updated." }, describe(&saved))),
-        Err(e) if create && e.status == Some(409) => Err(RegisterError(
+        Err(e) if create && e.status == Some(409) => Err(RegisterError::Refused(
             "This tenant has a registration already; change it with `pcbridge register update`.".into(),
         )),
-        Err(e) if !create && e.status == Some(404) => Err(RegisterError(
+        Err(e) if !create && e.status == Some(404) => Err(RegisterError::Refused(
             "This tenant has no registration to update; create one with `pcbridge register create`.".into(),
         )),
         Err(e) => Err(explain(e)),

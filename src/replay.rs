@@ -39,10 +39,52 @@ pub struct ReplayArgs {
     pub limit: Option<u64>,
 }
 
-/// A `replay` failure, phrased for the operator.
+/// A `replay` failure. What was replayed before it stays replayed; the message says
+/// whether running `replay` again is safe (it is: at worst one event is sent twice).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ReplayError(pub String);
+pub enum ReplayError {
+    /// `--since` or `--until` is not a time.
+    #[error("{flag}: {source}")]
+    Time {
+        flag: &'static str,
+        #[source]
+        source: TimeError,
+    },
+    /// The dead letters cannot be read, or the publisher cannot connect.
+    #[error("cannot {what} on {broker}: {source}")]
+    Broker {
+        what: String,
+        broker: crate::config::BrokerKind,
+        #[source]
+        source: broker::SetupError,
+    },
+    /// A replayed event was not accepted: it is still in the dead letters.
+    #[error(
+        "publishing to {destination} failed after {replayed} replayed ({source}); nothing more was removed — run replay again"
+    )]
+    Publish {
+        destination: String,
+        replayed: u64,
+        #[source]
+        source: broker::PublishError,
+    },
+    /// A replayed event could not be removed from the dead letters.
+    #[error("{id} was replayed but could not be removed from the dead letters ({source}); it may be replayed twice")]
+    Remove {
+        id: String,
+        #[source]
+        source: broker::SetupError,
+    },
+}
+
+/// A `--since` / `--until` value that is neither a time nor an age.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    #[error("{0:?} is neither an RFC 3339 time nor an age like 30m, 6h or 2d")]
+    NotATime(String),
+    #[error("{0:?}: the unit of an age is s, m, h or d")]
+    Unit(String),
+}
 
 /// The selection.
 struct Filter {
@@ -65,19 +107,18 @@ impl Filter {
 }
 
 /// Parses `--since` / `--until`: RFC 3339, or an age (`90s`, `30m`, `6h`, `2d`) before `now`.
-pub fn parse_time(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, String> {
+pub fn parse_time(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, TimeError> {
     if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
         return Ok(t);
     }
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: i64 =
-        number.parse().map_err(|_| format!("{text:?} is neither an RFC 3339 time nor an age like 30m, 6h or 2d"))?;
+    let n: i64 = number.parse().map_err(|_| TimeError::NotATime(text.to_string()))?;
     let age = match unit {
         "s" => time::Duration::seconds(n),
         "m" => time::Duration::minutes(n),
         "h" => time::Duration::hours(n),
         "d" => time::Duration::days(n),
-        _ => return Err(format!("{text:?}: the unit of an age is s, m, h or d")),
+        _ => return Err(TimeError::Unit(text.to_string())),
     };
     Ok(now - age)
 }
@@ -105,8 +146,8 @@ pub fn raw_again(d: &Delivery, destinations: &Destinations) -> Option<Message> {
 /// Runs the replay; returns the report to print.
 pub async fn run(config: &Config, args: ReplayArgs) -> Result<String, ReplayError> {
     let now = OffsetDateTime::now_utc();
-    let when = |t: &Option<String>, flag: &str| {
-        t.as_deref().map(|t| parse_time(t, now).map_err(|e| ReplayError(format!("{flag}: {e}")))).transpose()
+    let when = |t: &Option<String>, flag: &'static str| {
+        t.as_deref().map(|t| parse_time(t, now).map_err(|source| ReplayError::Time { flag, source })).transpose()
     };
     let filter = Filter {
         events: args.events.clone(),
@@ -116,17 +157,17 @@ pub async fn run(config: &Config, args: ReplayArgs) -> Result<String, ReplayErro
     };
     let destinations = Destinations::new(config.broker.prefix.clone());
     let dead_letter = destinations.dead_letter();
-    let mut backlog = broker::backlog(config, &dead_letter)
-        .await
-        .map_err(|e| ReplayError(format!("cannot read {dead_letter} on {}: {e}", config.broker.kind)))?;
+    let mut backlog = broker::backlog(config, &dead_letter).await.map_err(|source| ReplayError::Broker {
+        what: format!("read {dead_letter}"),
+        broker: config.broker.kind,
+        source,
+    })?;
     let publisher = if args.dry_run {
         None
     } else {
-        Some(
-            broker::connect(config, "pcbridge-replay", Arc::new(Metrics::new()))
-                .await
-                .map_err(|e| ReplayError(format!("cannot connect the {} publisher: {e}", config.broker.kind)))?,
-        )
+        Some(broker::connect(config, "pcbridge-replay", Arc::new(Metrics::new())).await.map_err(|source| {
+            ReplayError::Broker { what: "connect the publisher".into(), broker: config.broker.kind, source }
+        })?)
     };
     eprintln!(
         "{dead_letter}: {} dead letters to examine{}",
@@ -192,18 +233,12 @@ async fn replay(
             );
             continue;
         };
-        publisher.publish(&message).await.map_err(|e| {
-            ReplayError(format!(
-                "publishing to {} failed after {replayed} replayed ({e}); nothing more was removed — run replay again",
-                message.destination
-            ))
+        publisher.publish(&message).await.map_err(|source| ReplayError::Publish {
+            destination: message.destination.clone(),
+            replayed,
+            source,
         })?;
-        backlog.remove(d.ack).await.map_err(|e| {
-            ReplayError(format!(
-                "{} was replayed but could not be removed from the dead letters ({e}); it may be replayed twice",
-                message.id
-            ))
-        })?;
+        backlog.remove(d.ack).await.map_err(|source| ReplayError::Remove { id: message.id.clone(), source })?;
         replayed += 1;
     }
     Ok((examined, matched, replayed, listing))

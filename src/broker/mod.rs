@@ -63,10 +63,34 @@ pub enum PublishError {
     Rejected(String),
 }
 
-/// Failure to set up destinations (topics, exchange, queues).
+/// Failure to connect to the broker or to set up what a role needs on it (topics,
+/// exchange, queues, a subscription). The kind tells the caller what to say and whether
+/// waiting can help; the text names the broker, the object and the key to check.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SetupError(pub String);
+pub enum SetupError {
+    /// The configuration cannot make a client (a bad URL or property, an unreadable
+    /// secret): retrying does not help, the operator fixes a key.
+    #[error("{0}")]
+    Config(String),
+    /// The broker did not answer, or not in time (down, DNS, TLS, a refused login): it
+    /// may work later, and a local broker that is not running is the usual cause.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The broker answered and refused an operation (create, declare, subscribe,
+    /// assign, read): its state or permissions disagree with the configuration.
+    #[error("{0}")]
+    Refused(String),
+    /// A thread or task of the client could not start or ended early.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl SetupError {
+    /// Whether trying again later can succeed without a change of configuration.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SetupError::Unreachable(_) | SetupError::Runtime(_))
+    }
+}
 
 /// A broker that can durably store messages.
 #[async_trait::async_trait]

@@ -23,10 +23,7 @@ impl Config {
             refuse_secrets_in_file(&from_file, path)?;
             figment = figment.merge(file);
         } else if required {
-            return Err(ConfigError(format!(
-                "configuration file {} does not exist (pass --config FILE, or run from the directory holding config.toml)",
-                path.display()
-            )));
+            return Err(ConfigError::MissingFile(path.to_path_buf()));
         }
         // Kubernetes injects service-link variables for every Service of the namespace
         // (`PCBRIDGE_INGRESS_PORT=tcp://…` for the Service `pcbridge-ingress`). Every key
@@ -50,10 +47,7 @@ impl Config {
 
 fn refuse_secrets_in_file(file: &Figment, path: &Path) -> Result<(), ConfigError> {
     let refuse = |key: &str, env: &str| {
-        Err(ConfigError(format!(
-            "{} sets `{key}`, a secret: remove it and set the environment variable {env} (or a *_file key) instead",
-            path.display()
-        )))
+        Err(ConfigError::SecretInFile { file: path.to_path_buf(), key: key.to_string(), env: env.to_string() })
     };
     for (key, env) in [
         ("rabbitmq.password", "PCBRIDGE_RABBITMQ__PASSWORD"),
@@ -95,5 +89,5 @@ fn describe_figment_error(error: figment::Error) -> ConfigError {
         let env_hint = format!("PCBRIDGE_{}", e.path.iter().map(|p| p.to_uppercase()).collect::<Vec<_>>().join("__"));
         lines.push(format!("config key `{key}` (from {source}; env {env_hint}): {}", e.kind));
     }
-    ConfigError(lines.join("\n"))
+    ConfigError::Parse(lines)
 }

@@ -33,10 +33,45 @@ pub use worker::{PartnerCenterConfig, WorkerConfig};
 use serde::{Deserialize, Serialize};
 use std::{fmt, path::Path};
 
-/// A configuration problem, phrased for the operator who has to fix it.
+/// A configuration problem, phrased for the operator who has to fix it. None of them is
+/// worth retrying: the process exits and the operator edits a key, a file or a variable.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub enum ConfigError {
+    /// The configuration file that was asked for is not there.
+    #[error(
+        "configuration file {} does not exist (pass --config FILE, or run from the directory holding config.toml)",
+        .0.display()
+    )]
+    MissingFile(std::path::PathBuf),
+    /// A secret written into `config.toml`, where it would end up in a ConfigMap or a
+    /// repository: it must come from the environment or a `*_file` key.
+    #[error("{} sets `{key}`, a secret: remove it and set the environment variable {env} (or a *_file key) instead", .file.display())]
+    SecretInFile { file: std::path::PathBuf, key: String, env: String },
+    /// The file or the environment does not parse into the configuration's types
+    /// (syntax, unknown key, wrong type), one line per problem.
+    #[error("{}", .0.join("\n"))]
+    Parse(Vec<String>),
+    /// A key whose value cannot be used: out of range, not a URL, a file that is absent
+    /// or unreadable.
+    #[error("config key `{key}`: {why}")]
+    Invalid { key: String, why: String },
+}
+
+impl ConfigError {
+    /// A key whose value cannot be used, and why.
+    pub fn invalid(key: impl Into<String>, why: impl fmt::Display) -> Self {
+        ConfigError::Invalid { key: key.into(), why: why.to_string() }
+    }
+
+    /// The key at fault, when it is one key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::SecretInFile { key, .. } => Some(key),
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::MissingFile(_) | ConfigError::Parse(_) => None,
+        }
+    }
+}
 
 /// The whole configuration. Field docs are the reference; `config.toml` repeats them.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -73,7 +108,7 @@ impl Config {
 
 /// The error of an invalid key: `config key `{key}`: {why}`.
 fn invalid<T>(key: &str, why: impl fmt::Display) -> Result<T, ConfigError> {
-    Err(ConfigError(format!("config key `{key}`: {why}")))
+    Err(ConfigError::invalid(key, why))
 }
 
 /// Whether `url` is an http(s) URL: the one URL check of every section.

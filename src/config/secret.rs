@@ -94,7 +94,7 @@ fn read_secret(value: &Secret, file: &str, key: &str) -> Result<Option<Secret>, 
     if file.is_empty() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| ConfigError(format!("config key `{key}`: cannot read {file:?}: {e}")))?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| ConfigError::invalid(key, format!("cannot read {file:?}: {e}")))?;
     Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))))
 }

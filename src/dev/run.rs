@@ -65,12 +65,24 @@ pub enum DevBroker {
 
 /// A `pcbridge dev` failure, phrased for the person who ran it.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DevError(pub String);
+pub enum DevError {
+    /// The pipeline could not be put together (certificates, simulator, embedded Kafka,
+    /// a port in use, a role that refused to start).
+    #[error("{0}")]
+    Start(String),
+    /// The pipeline started but did not turn ready in time.
+    #[error("{0}")]
+    NotReady(String),
+    /// It ran, and events were refused or did not come out: the demonstration failed.
+    #[error(
+        "{refused} events were refused by the ingress and {missing} published events did not come out within {within}"
+    )]
+    Lost { refused: u64, missing: u64, within: String },
+}
 
 /// Runs the demonstration; an error when an event was refused or never came out.
 pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) -> Result<(), DevError> {
-    let err = |m: String| DevError(m);
+    let err = DevError::Start;
     let pki = Pki::generate().map_err(|e| err(format!("cannot create the simulator's certificates: {e}")))?;
     let options = simulator::Options {
         throttle_percent: args.throttle_percent.min(100),
@@ -162,10 +174,7 @@ pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) ->
     let refused: u64 = totals.refused.values().sum();
     match (refused, totals.waiting()) {
         (0, 0) => Ok(()),
-        (r, w) => Err(err(format!(
-            "{r} events were refused by the ingress and {w} published events did not come out within {}",
-            human(wait)
-        ))),
+        (refused, missing) => Err(DevError::Lost { refused, missing, within: human(wait) }),
     }
 }
 
@@ -180,15 +189,16 @@ struct Pipeline {
     /// Kafka consumers need their partitions assigned before events flow.
     kafka: bool,
     stop: CancellationToken,
-    roles: Vec<tokio::task::JoinHandle<Result<(), String>>>,
+    ingress: tokio::task::JoinHandle<Result<(), crate::ingress::IngressError>>,
+    worker: tokio::task::JoinHandle<()>,
 }
 
 impl Pipeline {
     async fn start(config: &Config, args: &DevArgs) -> Result<Self, DevError> {
-        let err = |m: String| DevError(m);
+        let err = DevError::Start;
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr).await.map_err(|e| {
-                DevError(format!(
+                DevError::Start(format!(
                     "cannot listen on {addr} for the {what}: {e} (choose another with --listen / --admin-listen)"
                 ))
             })
@@ -207,7 +217,8 @@ impl Pipeline {
             BrokerKind::Kafka => "",
         };
         let broker_err = |role: &str, e: broker::SetupError| {
-            DevError(format!("cannot start the {role}'s {} connection: {e}{hint}", config.broker.kind))
+            let hint = if matches!(e, broker::SetupError::Unreachable(_)) { hint } else { "" };
+            DevError::Start(format!("cannot start the {role}'s {} connection: {e}{hint}", config.broker.kind))
         };
 
         let ingress = crate::ingress::start(
@@ -219,13 +230,16 @@ impl Pipeline {
             stop.clone(),
         )
         .await
-        .map_err(|e| broker_err("ingress", e))?;
+        .map_err(|e| match e {
+            crate::ingress::IngressError::Broker(e) => broker_err("ingress", e),
+            e => DevError::Start(e.to_string()),
+        })?;
         let worker =
             worker::start(config, "pcbridge-dev-worker", worker_admin_listener, Arc::new(Metrics::new()), stop.clone())
                 .await
                 .map_err(|e| match e {
-                    worker::StartError::Broker(e) => broker_err("worker", e),
-                    worker::StartError::Credentials(m) => DevError(m),
+                    worker::WorkerError::Broker(e) => broker_err("worker", e),
+                    e => DevError::Start(e.to_string()),
                 })?;
 
         let mut reader = config.clone();
@@ -244,7 +258,8 @@ impl Pipeline {
             observer_metrics,
             kafka: config.broker.kind == BrokerKind::Kafka,
             stop,
-            roles: vec![ingress, worker],
+            ingress,
+            worker,
         };
         pipeline.wait_ready(Duration::from_secs(60)).await?;
         Ok(pipeline)
@@ -283,7 +298,7 @@ impl Pipeline {
             }
             if tokio::time::Instant::now() >= deadline {
                 eprintln!();
-                return Err(DevError(format!(
+                return Err(DevError::NotReady(format!(
                     "not ready after {}: ingress {}, worker {}, downstream reader {} — is the broker reachable?",
                     human(limit),
                     if i { "ready" } else { "not ready" },
@@ -297,12 +312,13 @@ impl Pipeline {
 
     async fn stop(self) {
         self.stop.cancel();
-        for role in self.roles {
-            match role.await {
-                Ok(Err(e)) => eprintln!("{e}"),
-                Err(e) => eprintln!("a role stopped abnormally: {e}"),
-                Ok(Ok(())) => {}
-            }
+        match self.ingress.await {
+            Ok(Err(e)) => eprintln!("{e}"),
+            Err(e) => eprintln!("the ingress stopped abnormally: {e}"),
+            Ok(Ok(())) => {}
+        }
+        if let Err(e) = self.worker.await {
+            eprintln!("the worker stopped abnormally: {e}");
         }
         self.observer.close().await;
     }
@@ -338,10 +354,10 @@ fn all_destinations(config: &Config) -> Vec<String> {
 }
 
 fn write_ca(sim: &Simulator, dir: &std::path::Path) -> Result<PathBuf, DevError> {
-    let pem = sim.ca_pem().map_err(|e| DevError(e.to_string()))?;
-    std::fs::create_dir_all(dir).map_err(|e| DevError(format!("cannot create {}: {e}", dir.display())))?;
+    let pem = sim.ca_pem().map_err(|e| DevError::Start(e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|e| DevError::Start(format!("cannot create {}: {e}", dir.display())))?;
     let path = dir.join("simulator-ca.pem");
-    std::fs::write(&path, pem).map_err(|e| DevError(format!("cannot write {}: {e}", path.display())))?;
+    std::fs::write(&path, pem).map_err(|e| DevError::Start(format!("cannot write {}: {e}", path.display())))?;
     Ok(path)
 }
 

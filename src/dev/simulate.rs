@@ -52,12 +52,18 @@ pub struct SimulateArgs {
 
 /// A `pcbridge simulate` failure, phrased for the person who ran it.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SimulateError(pub String);
+pub enum SimulateError {
+    /// The simulation could not start (the target, the certificates, the simulator).
+    #[error("{0}")]
+    Start(String),
+    /// It ran, and the ingress refused or did not answer some events.
+    #[error("the ingress refused or did not answer {0} events; see the lines above for the answers")]
+    Refused(u64),
+}
 
 /// Runs the simulation; an error when the ingress refused or did not answer an event.
 pub async fn run(args: SimulateArgs, interrupt: CancellationToken) -> Result<(), SimulateError> {
-    let err = |m: String| SimulateError(m);
+    let err = SimulateError::Start;
     url::Url::parse(&args.target).map_err(|e| err(format!("--target {:?} is not a URL: {e}", args.target)))?;
     let pki = Pki::load_or_generate(&args.pki_dir)
         .map_err(|e| err(format!("the simulator's certificates in {}: {e}", args.pki_dir.display())))?;
@@ -110,9 +116,7 @@ pub async fn run(args: SimulateArgs, interrupt: CancellationToken) -> Result<(),
     }
     let refused: u64 = tracker.totals().refused.values().sum();
     if refused > 0 {
-        return Err(err(format!(
-            "the ingress refused or did not answer {refused} events; see the lines above for the answers"
-        )));
+        return Err(SimulateError::Refused(refused));
     }
     Ok(())
 }

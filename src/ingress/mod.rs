@@ -9,7 +9,7 @@ pub mod message;
 use crate::broker::Publisher;
 use crate::config::Config;
 use crate::contract::destinations::Destinations;
-use crate::partner_center::signature::Verifier;
+use crate::partner_center::{BuildError, signature::Verifier};
 use crate::shutdown::CancellationToken;
 use crate::telemetry::Metrics;
 use axum::{Router, routing::post};
@@ -51,12 +51,13 @@ pub struct IngressState {
 impl IngressState {
     pub fn new(
         config: &Config,
+        verifier: Verifier,
         publisher: Arc<dyn Publisher>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
-    ) -> Result<Self, String> {
-        Ok(Self {
-            verifier: Verifier::new(&config.signature)?,
+    ) -> Self {
+        Self {
+            verifier,
             publisher,
             destinations: Destinations::new(config.broker.prefix.clone()),
             source: config.partner_center.base_url.clone(),
@@ -67,7 +68,7 @@ impl IngressState {
             max_concurrent_requests: config.ingress.max_concurrent_requests,
             metrics,
             shutdown,
-        })
+        }
     }
 
     /// Whether the ingress should receive traffic (`/readyz`).
@@ -129,9 +130,25 @@ pub async fn run(listener: TcpListener, state: Arc<IngressState>, shutdown: Canc
     Ok(())
 }
 
-/// The one start-up path of the ingress, for the CLI, `dev` and the tests alike:
-/// connects the publisher (an error here is the caller's to report), then runs
-/// [`serve`] in a task of its own until `shutdown` and the drain are done.
+/// Why the ingress could not start, or stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    /// The publisher could not connect; its kind says whether waiting can help.
+    #[error(transparent)]
+    Broker(#[from] crate::broker::SetupError),
+    /// The signature verifier could not be built (trust anchors, URL prefixes).
+    #[error(transparent)]
+    Verifier(#[from] BuildError),
+    /// Accepting connections failed for good.
+    #[error("webhook listener failed: {0}")]
+    Listener(#[source] std::io::Error),
+}
+
+/// The one start-up path of the ingress, for the CLI, `dev` and the tests alike: serves
+/// the admin endpoints (liveness answers from here on; readiness waits for the broker),
+/// builds the verifier and connects the publisher (an error here is the caller's to
+/// report), creates the raw destinations, then serves webhooks in a task of its own
+/// until `shutdown` and the drain are done.
 pub async fn start(
     config: &Config,
     client_id: &str,
@@ -139,43 +156,49 @@ pub async fn start(
     admin_listener: TcpListener,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> Result<tokio::task::JoinHandle<Result<(), String>>, crate::broker::SetupError> {
-    let publisher = crate::broker::connect(config, client_id, metrics.clone()).await?;
+) -> Result<tokio::task::JoinHandle<Result<(), IngressError>>, IngressError> {
+    let readiness = crate::admin::Readiness::default();
+    let admin = crate::admin::Admin::spawn(admin_listener, metrics.clone(), readiness.clone());
+    let started = async {
+        let verifier = Verifier::new(&config.signature)?;
+        let publisher = crate::broker::connect(config, client_id, metrics.clone()).await?;
+        Ok::<_, IngressError>(Arc::new(IngressState::new(config, verifier, publisher, metrics, shutdown.clone())))
+    };
+    let state = match started.await {
+        Ok(state) => state,
+        Err(e) => {
+            admin.stop().await;
+            return Err(e);
+        }
+    };
+    let ready_state = state.clone();
+    readiness.set(move || ready_state.is_ready());
     let config = config.clone();
-    Ok(tokio::spawn(async move { serve(&config, listener, admin_listener, publisher, metrics, shutdown).await }))
+    Ok(tokio::spawn(async move {
+        ensure_raw_destinations(&state).await;
+        let server = run(listener, state.clone(), shutdown.clone());
+        tokio::pin!(server);
+        let served = match crate::shutdown::drain(&mut server, &shutdown, config.shutdown.drain_deadline()).await {
+            Some(r) => r.map_err(IngressError::Listener),
+            // Those requests were not answered 2xx: Partner Center delivers them again.
+            None => Ok(()),
+        };
+        state.publisher.close(Duration::from_secs(5).min(config.shutdown.drain_deadline())).await;
+        admin.stop().await;
+        tracing::info!("ingress stopped");
+        served
+    }))
 }
 
-/// Runs the whole ingress role on the given listeners: creates the raw destinations,
-/// serves the admin and webhook endpoints, and on `shutdown` drains in-flight requests
-/// and flushes the broker within `shutdown.drain_deadline_ms`.
-pub async fn serve(
-    config: &Config,
-    listener: TcpListener,
-    admin_listener: TcpListener,
-    publisher: Arc<dyn Publisher>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> Result<(), String> {
-    let state = Arc::new(IngressState::new(config, publisher.clone(), metrics.clone(), shutdown.clone())?);
+/// Creates every raw destination before the first webhook, so that a topic exists when
+/// a consumer subscribes; failing that, publishing creates it on first use.
+async fn ensure_raw_destinations(state: &IngressState) {
     let raw = state.destinations.all_raw();
-    match tokio::time::timeout(Duration::from_secs(15), publisher.ensure_destinations(&raw)).await {
-        Ok(Ok(())) => tracing::info!(count = raw.len(), kind = publisher.kind(), "raw destinations ready"),
+    match tokio::time::timeout(Duration::from_secs(15), state.publisher.ensure_destinations(&raw)).await {
+        Ok(Ok(())) => tracing::info!(count = raw.len(), kind = state.publisher.kind(), "raw destinations ready"),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "could not create destinations at start-up; will retry on first use")
         }
         Err(_) => tracing::warn!("creating destinations timed out; will retry on first use"),
     }
-    let ready_state = state.clone();
-    let admin = crate::admin::Admin::spawn(admin_listener, metrics, Arc::new(move || ready_state.is_ready()));
-    let server = run(listener, state, shutdown.clone());
-    tokio::pin!(server);
-    let served = match crate::shutdown::drain(&mut server, &shutdown, config.shutdown.drain_deadline()).await {
-        Some(r) => r.map_err(|e| format!("webhook listener failed: {e}")),
-        // Those requests were not answered 2xx: Partner Center delivers them again.
-        None => Ok(()),
-    };
-    publisher.close(Duration::from_secs(5).min(config.shutdown.drain_deadline())).await;
-    admin.stop().await;
-    tracing::info!("ingress stopped");
-    served
 }

@@ -7,8 +7,8 @@
 //! (single flight) that runs to completion even if the request that started it goes away.
 
 use super::signature::VerifyError;
-use super::{BodyError, error_chain, read_limited};
-use crate::config::SignatureConfig;
+use super::{BodyError, BuildError, error_chain, read_limited};
+use crate::config::{ConfigError, SignatureConfig};
 use futures::{FutureExt, future::Shared};
 use ring::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime, pem::PemObject};
@@ -85,11 +85,13 @@ struct Inner {
 }
 
 impl CertificateStore {
-    pub fn new(config: &SignatureConfig) -> Result<Self, String> {
+    pub fn new(config: &SignatureConfig) -> Result<Self, BuildError> {
         super::install_crypto_provider();
-        let parse_prefixes = |key: &str, list: &[String]| -> Result<Vec<Url>, String> {
+        let parse_prefixes = |key: &str, list: &[String]| -> Result<Vec<Url>, ConfigError> {
             list.iter()
-                .map(|p| Url::parse(p).map_err(|e| format!("config key `signature.{key}`: {p:?}: {e}")))
+                .map(|p| {
+                    Url::parse(p).map_err(|e| ConfigError::invalid(format!("signature.{key}"), format!("{p:?}: {e}")))
+                })
                 .collect()
         };
         let mut anchors: Vec<TrustAnchor<'static>> = Vec::new();
@@ -99,7 +101,10 @@ impl CertificateStore {
         if !config.extra_trust_anchors_file.is_empty() {
             for der in read_pem_file(&config.extra_trust_anchors_file, "signature.extra_trust_anchors_file")? {
                 let anchor = webpki::anchor_from_trusted_cert(&der).map_err(|e| {
-                    format!("config key `signature.extra_trust_anchors_file`: a certificate is unusable: {e:?}")
+                    ConfigError::invalid(
+                        "signature.extra_trust_anchors_file",
+                        format!("a certificate is unusable: {e:?}"),
+                    )
                 })?;
                 anchors.push(anchor.to_owned());
             }
@@ -116,7 +121,7 @@ impl CertificateStore {
             .no_proxy()
             .user_agent(concat!("pcbridge/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("certificate HTTP client: {e}"))?;
+            .map_err(|source| BuildError::Http { what: "certificate", source })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 trusted_prefixes: parse_prefixes(
@@ -396,13 +401,13 @@ fn microsoft_roots() -> impl Iterator<Item = TrustAnchor<'static>> {
         .cloned()
 }
 
-fn read_pem_file(path: &str, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("config key `{key}`: cannot read {path:?}: {e}"))?;
+fn read_pem_file(path: &str, key: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::invalid(key, format!("cannot read {path:?}: {e}")))?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("config key `{key}`: {path:?} is not PEM: {e}"))?;
+        .map_err(|e| ConfigError::invalid(key, format!("{path:?} is not PEM: {e}")))?;
     if certs.is_empty() {
-        return Err(format!("config key `{key}`: {path:?} holds no certificate"));
+        return Err(ConfigError::invalid(key, format!("{path:?} holds no certificate")));
     }
     Ok(certs)
 }

@@ -87,7 +87,7 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, super::BuildError> {
         super::install_crypto_provider();
         let pc = &config.partner_center;
         let http = reqwest::Client::builder()
@@ -96,15 +96,15 @@ impl ApiClient {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("pcbridge/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("API HTTP client: {e}"))?;
+            .map_err(|source| super::BuildError::Http { what: "API", source })?;
         let m = metrics.clone();
         let tokens = TokenProvider::new(
             http.clone(),
             &pc.token_base_url,
             &pc.tenant_id,
             &pc.client_id,
-            config.client_secret().map_err(|e| e.0)?,
-            config.refresh_token().map_err(|e| e.0)?,
+            config.client_secret()?,
+            config.refresh_token()?,
         )
         .with_observer(move |grant, ok| {
             let grant = if grant == Grant::ClientCredentials { "client_credentials" } else { "refresh_token" };

@@ -13,6 +13,21 @@ pub mod resource;
 pub mod signature;
 pub mod token;
 
+/// Why a Partner Center client (the certificate store, the API client) cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A key names something unusable (a URL, a trust-anchor file, a secret file).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The HTTP client's TLS stack could not be set up.
+    #[error("{what} HTTP client: {source}")]
+    Http {
+        what: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
 /// Makes *ring* the process-wide rustls crypto provider (reqwest is built without a
 /// default one, to avoid a second crypto library). Idempotent.
 pub fn install_crypto_provider() {

@@ -153,7 +153,7 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(config: &SignatureConfig) -> Result<Self, String> {
+    pub fn new(config: &SignatureConfig) -> Result<Self, super::BuildError> {
         Ok(Self { certificates: CertificateStore::new(config)? })
     }
 

@@ -106,15 +106,21 @@ pub fn missing_credentials(config: &Config) -> Vec<&'static str> {
 }
 
 /// [`missing_credentials`] as a start-up error naming every missing key.
-pub fn check_credentials(config: &Config) -> Result<(), String> {
-    let missing = missing_credentials(config);
-    if missing.is_empty() {
-        return Ok(());
-    }
-    Err(format!(
-        "the worker has no Partner Center credentials, so every event would be dead-lettered; set {}",
-        missing.join(", ")
-    ))
+pub fn check_credentials(config: &Config) -> Result<(), MissingCredentials> {
+    let keys = missing_credentials(config);
+    if keys.is_empty() { Ok(()) } else { Err(MissingCredentials { keys }) }
+}
+
+/// The worker has events that need the Partner Center API and no credentials to call
+/// it: every event would be dead-lettered, so it does not start.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the worker has no Partner Center credentials, so every event would be dead-lettered; set {}",
+    .keys.join(", ")
+)]
+pub struct MissingCredentials {
+    /// The keys to set, each with its environment variable.
+    pub keys: Vec<&'static str>,
 }
 
 impl WorkerState {
@@ -123,7 +129,7 @@ impl WorkerState {
         consumer: Arc<dyn Consumer>,
         publisher: Arc<dyn Publisher>,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, WorkerError> {
         check_credentials(config)?;
         let pc = &config.partner_center;
         let enricher = Enricher {
@@ -337,72 +343,72 @@ async fn publish_until_confirmed(state: &WorkerState, message: &Message) -> Publ
 
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum WorkerError {
     /// No Partner Center credentials for events that need them ([`check_credentials`]).
-    #[error("{0}")]
-    Credentials(String),
+    #[error(transparent)]
+    Credentials(#[from] MissingCredentials),
+    /// The publisher or the consumer could not connect; its kind says whether waiting
+    /// can help.
     #[error(transparent)]
     Broker(#[from] crate::broker::SetupError),
+    /// The Partner Center API client could not be built.
+    #[error(transparent)]
+    Client(#[from] crate::partner_center::BuildError),
 }
 
 /// The one start-up path of the worker, for the CLI, `dev` and the tests alike: checks
-/// the credentials, connects the publisher, creates the raw destinations it consumes
+/// the credentials, serves the admin endpoints (liveness from here on, readiness once
+/// connected), connects the publisher, creates the raw destinations it consumes
 /// (subscribing to a topic that does not exist yet would leave it unread until the next
-/// metadata refresh), subscribes, then runs [`serve`] in a task of its own until
-/// `shutdown` and the drain are done.
+/// metadata refresh), subscribes, then runs in a task of its own: creates the output
+/// destinations, consumes until `shutdown`, drains within `shutdown.drain_deadline_ms`
+/// and commits what finished.
 pub async fn start(
     config: &Config,
     client_id: &str,
     admin_listener: TcpListener,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> Result<tokio::task::JoinHandle<Result<(), String>>, StartError> {
-    check_credentials(config).map_err(StartError::Credentials)?;
-    let publisher = crate::broker::connect(config, client_id, metrics.clone()).await?;
-    let sources = sources(config);
-    if let Err(e) = publisher.ensure_destinations(&sources).await {
-        tracing::warn!(error = %e, "could not create the source destinations");
-    }
-    let consumer = crate::broker::consume(config, sources, client_id, metrics.clone()).await?;
+) -> Result<tokio::task::JoinHandle<()>, WorkerError> {
+    check_credentials(config)?;
+    let readiness = crate::admin::Readiness::default();
+    let admin = crate::admin::Admin::spawn(admin_listener, metrics.clone(), readiness.clone());
+    let started = async {
+        let publisher = crate::broker::connect(config, client_id, metrics.clone()).await?;
+        let sources = sources(config);
+        if let Err(e) = publisher.ensure_destinations(&sources).await {
+            tracing::warn!(error = %e, "could not create the source destinations");
+        }
+        let consumer = crate::broker::consume(config, sources, client_id, metrics.clone()).await?;
+        Ok::<_, WorkerError>(Arc::new(WorkerState::new(config, consumer, publisher, metrics)?))
+    };
+    let state = match started.await {
+        Ok(state) => state,
+        Err(e) => {
+            admin.stop().await;
+            return Err(e);
+        }
+    };
+    let (ready_state, s) = (state.clone(), shutdown.clone());
+    readiness.set(move || !s.is_cancelled() && ready_state.consumer.is_ready() && ready_state.publisher.is_ready());
     let config = config.clone();
-    Ok(tokio::spawn(async move { serve(&config, admin_listener, consumer, publisher, metrics, shutdown).await }))
-}
-
-/// Runs the whole worker role: creates its output destinations, serves the admin
-/// endpoints, consumes until `shutdown`, then drains within `shutdown.drain_deadline_ms`
-/// and commits what finished.
-pub async fn serve(
-    config: &Config,
-    admin_listener: TcpListener,
-    consumer: Arc<dyn Consumer>,
-    publisher: Arc<dyn Publisher>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> Result<(), String> {
-    let state = Arc::new(WorkerState::new(config, consumer.clone(), publisher.clone(), metrics.clone())?);
-    let stems = stems(config);
-    let outputs = state.destinations.outputs(&stems);
-    if let Err(e) = publisher.ensure_destinations(&outputs).await {
-        tracing::warn!(error = %e, "could not create output destinations at start-up; will retry on first use");
-    }
-    let (c, p, s) = (consumer.clone(), publisher.clone(), shutdown.clone());
-    let admin = crate::admin::Admin::spawn(
-        admin_listener,
-        metrics,
-        Arc::new(move || !s.is_cancelled() && c.is_ready() && p.is_ready()),
-    );
-    tracing::info!(sources = stems.len(), concurrency = config.worker.concurrency, "worker consuming");
-
-    let work = run(state.clone(), shutdown.clone());
-    tokio::pin!(work);
-    if crate::shutdown::drain(&mut work, &shutdown, config.shutdown.drain_deadline()).await.is_none() {
-        // Unfinished events stay unacknowledged and are delivered again.
-        state.abandon.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut work).await;
-    }
-    consumer.close().await;
-    publisher.close(Duration::from_secs(5).min(config.shutdown.drain_deadline())).await;
-    admin.stop().await;
-    tracing::info!("worker stopped");
-    Ok(())
+    Ok(tokio::spawn(async move {
+        let stems = stems(&config);
+        let outputs = state.destinations.outputs(&stems);
+        if let Err(e) = state.publisher.ensure_destinations(&outputs).await {
+            tracing::warn!(error = %e, "could not create output destinations at start-up; will retry on first use");
+        }
+        tracing::info!(sources = stems.len(), concurrency = config.worker.concurrency, "worker consuming");
+        let work = run(state.clone(), shutdown.clone());
+        tokio::pin!(work);
+        if crate::shutdown::drain(&mut work, &shutdown, config.shutdown.drain_deadline()).await.is_none() {
+            // Unfinished events stay unacknowledged and are delivered again.
+            state.abandon.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut work).await;
+        }
+        state.consumer.close().await;
+        state.publisher.close(Duration::from_secs(5).min(config.shutdown.drain_deadline())).await;
+        admin.stop().await;
+        tracing::info!("worker stopped");
+    }))
 }

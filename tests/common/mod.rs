@@ -156,7 +156,7 @@ pub struct TestApp {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
-    pub handle: JoinHandle<Result<(), String>>,
+    pub handle: JoinHandle<Result<(), ingress::IngressError>>,
 }
 
 /// Starts the real ingress on port 0 and waits until it is ready.
@@ -232,7 +232,7 @@ impl TestApp {
     }
 
     /// Stops the ingress and waits for it to drain.
-    pub async fn stop(self) -> Result<(), String> {
+    pub async fn stop(self) -> Result<(), ingress::IngressError> {
         self.shutdown.cancel();
         self.handle.await.expect("ingress task")
     }
@@ -628,7 +628,7 @@ pub struct TestWorker {
     pub admin: String,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
-    pub handle: JoinHandle<Result<(), String>>,
+    pub handle: JoinHandle<()>,
 }
 
 /// Starts the real worker (consumer, publisher, admin on port 0).
@@ -647,9 +647,10 @@ pub async fn spawn_worker(config: &Config) -> TestWorker {
 }
 
 impl TestWorker {
-    pub async fn stop(self) -> Result<(), String> {
+    /// Stops the worker and waits for its drain; an error if the worker task panicked.
+    pub async fn stop(self) -> Result<(), tokio::task::JoinError> {
         self.shutdown.cancel();
-        self.handle.await.expect("worker task")
+        self.handle.await
     }
 }
 

@@ -139,9 +139,9 @@ impl KafkaConsumer {
             assigned: Default::default(),
         };
         let consumer: BaseConsumer<GroupContext> =
-            cc.create_with_context(context).map_err(|e| SetupError(format!("kafka consumer: {e}")))?;
+            cc.create_with_context(context).map_err(|e| SetupError::Config(format!("kafka consumer: {e}")))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&names).map_err(|e| SetupError(format!("kafka subscribe: {e}")))?;
+        consumer.subscribe(&names).map_err(|e| SetupError::Refused(format!("kafka subscribe: {e}")))?;
         let consumer = Arc::new(consumer);
         let (tx, rx) = mpsc::channel(config.worker.concurrency.max(16));
         let stop = Arc::new(AtomicBool::new(false));
@@ -149,12 +149,12 @@ impl KafkaConsumer {
         std::thread::Builder::new()
             .name("kafka-poll".into())
             .spawn(move || poll_loop(&c, &t, &s, &tx))
-            .map_err(|e| SetupError(format!("kafka poll thread: {e}")))?;
+            .map_err(|e| SetupError::Runtime(format!("kafka poll thread: {e}")))?;
         let (c, r, s) = (consumer.clone(), ready.clone(), stop.clone());
         std::thread::Builder::new()
             .name("kafka-probe".into())
             .spawn(move || probe_loop(&c, &r, &s))
-            .map_err(|e| SetupError(format!("kafka probe thread: {e}")))?;
+            .map_err(|e| SetupError::Runtime(format!("kafka probe thread: {e}")))?;
         Ok(Self { consumer, tracker, deliveries: Mutex::new(rx), stop, ready })
     }
 }
@@ -283,11 +283,11 @@ impl KafkaBacklog {
         ];
         let cc = client_config(config, "pcbridge-replay", &defaults, &[]);
         let consumer: Arc<StreamConsumer> =
-            Arc::new(cc.create().map_err(|e| SetupError(format!("kafka consumer: {e}")))?);
+            Arc::new(cc.create().map_err(|e| SetupError::Config(format!("kafka consumer: {e}")))?);
         let (c, topic_name) = (consumer.clone(), topic.to_string());
         let plan = tokio::task::spawn_blocking(move || plan(&c, &topic_name))
             .await
-            .map_err(|e| SetupError(format!("kafka backlog: {e}")))??;
+            .map_err(|e| SetupError::Runtime(format!("kafka backlog: {e}")))??;
         let mut assignment = TopicPartitionList::new();
         let mut remaining = HashMap::new();
         let mut size = 0u64;
@@ -295,12 +295,12 @@ impl KafkaBacklog {
             if start < end {
                 assignment
                     .add_partition_offset(topic, partition, Offset::Offset(start))
-                    .map_err(|e| SetupError(format!("kafka assign: {e}")))?;
+                    .map_err(|e| SetupError::Refused(format!("kafka assign: {e}")))?;
                 remaining.insert(partition, end);
                 size += u64::try_from(end - start).unwrap_or(0);
             }
         }
-        consumer.assign(&assignment).map_err(|e| SetupError(format!("kafka assign {topic}: {e}")))?;
+        consumer.assign(&assignment).map_err(|e| SetupError::Refused(format!("kafka assign {topic}: {e}")))?;
         Ok(Self { consumer, remaining, size })
     }
 }
@@ -310,7 +310,7 @@ fn plan(consumer: &StreamConsumer, topic: &str) -> Result<Vec<(i32, i64, i64)>, 
     let timeout = Duration::from_secs(10);
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| SetupError(format!("kafka: cannot read the metadata of {topic}: {e}")))?;
+        .map_err(|e| SetupError::Unreachable(format!("kafka: cannot read the metadata of {topic}: {e}")))?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -318,13 +318,13 @@ fn plan(consumer: &StreamConsumer, topic: &str) -> Result<Vec<(i32, i64, i64)>, 
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     if partitions.is_empty() {
-        return Err(SetupError(format!("kafka: topic {topic} does not exist")));
+        return Err(SetupError::Refused(format!("kafka: topic {topic} does not exist")));
     }
     let mut out = Vec::new();
     for p in partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, timeout)
-            .map_err(|e| SetupError(format!("kafka: cannot read the offsets of {topic}/{p}: {e}")))?;
+            .map_err(|e| SetupError::Unreachable(format!("kafka: cannot read the offsets of {topic}/{p}: {e}")))?;
         out.push((p, low, high));
     }
     Ok(out)

@@ -72,10 +72,10 @@ impl Kafka {
         let ready = Arc::new(AtomicBool::new(false));
         let producer: FutureProducer<ReadinessContext> = cc
             .create_with_context(ReadinessContext { ready: ready.clone() })
-            .map_err(|e| SetupError(format!("kafka producer: {e} (check kafka.properties)")))?;
+            .map_err(|e| SetupError::Config(format!("kafka producer: {e} (check kafka.properties)")))?;
         let admin: AdminClient<DefaultClientContext> = base_client_config(config, client_name)
             .create()
-            .map_err(|e| SetupError(format!("kafka admin client: {e}")))?;
+            .map_err(|e| SetupError::Config(format!("kafka admin client: {e}")))?;
         let kafka = Kafka {
             producer,
             admin,
@@ -151,13 +151,13 @@ impl Kafka {
             self.admin.create_topics(topics.iter(), &opts),
         )
         .await
-        .map_err(|_| SetupError(format!("kafka: creating topics took longer than {CREATE_TIMEOUT:?}")))?
-        .map_err(|e| SetupError(format!("kafka create topics: {e}")))?;
+        .map_err(|_| SetupError::Unreachable(format!("kafka: creating topics took longer than {CREATE_TIMEOUT:?}")))?
+        .map_err(|e| SetupError::Refused(format!("kafka create topics: {e}")))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(SetupError(format!(
+                    return Err(SetupError::Refused(format!(
                         "kafka: cannot create topic {topic}: {code} (check kafka.partitions / kafka.replication_factor, or set kafka.create_topics = false and create it yourself)"
                     )));
                 }
@@ -194,17 +194,17 @@ const CREATE_RETRY_AFTER: Duration = Duration::from_secs(60);
 pub(crate) async fn probe(config: &Config) -> Result<String, SetupError> {
     let producer: rdkafka::producer::BaseProducer = base_client_config(config, "pcbridge-check")
         .create()
-        .map_err(|e| SetupError(format!("kafka client: {e} (check kafka.properties)")))?;
+        .map_err(|e| SetupError::Config(format!("kafka client: {e} (check kafka.properties)")))?;
     let servers = config.kafka.bootstrap_servers.clone();
     tokio::task::spawn_blocking(move || {
         let metadata = producer
             .client()
             .fetch_metadata(None, Timeout::After(Duration::from_secs(10)))
-            .map_err(|e| SetupError(format!("kafka at {servers}: {e}")))?;
+            .map_err(|e| SetupError::Unreachable(format!("kafka at {servers}: {e}")))?;
         Ok(format!("kafka at {servers}: {} broker(s), {} topic(s)", metadata.brokers().len(), metadata.topics().len()))
     })
     .await
-    .map_err(|e| SetupError(format!("kafka probe task: {e}")))?
+    .map_err(|e| SetupError::Runtime(format!("kafka probe task: {e}")))?
 }
 
 /// Only a refusal of this very record is `Rejected` (sending it again cannot help);

@@ -66,7 +66,7 @@ impl RabbitConsumer {
             );
         }
         let first = open(&settings).await.map_err(|e| {
-            SetupError(format!("rabbitmq: cannot consume from {}: {e}", redact_url(&config.rabbitmq.url)))
+            SetupError::Refused(format!("rabbitmq: cannot consume from {}: {e}", redact_url(&config.rabbitmq.url)))
         })?;
         let (tx, rx) = mpsc::channel(usize::from(config.worker.prefetch).max(16));
         let ready = Arc::new(AtomicBool::new(true));
@@ -227,7 +227,7 @@ const BACKLOG_IDLE: Duration = Duration::from_secs(10);
 impl RabbitBacklog {
     pub async fn open(config: &Config, queue: &str) -> Result<Self, SetupError> {
         let uri = amqp_uri(&config.rabbitmq, config)?;
-        let fail = |e: lapin::Error| SetupError(format!("rabbitmq {}: {e}", redact_url(&config.rabbitmq.url)));
+        let fail = |e: lapin::Error| SetupError::Refused(format!("rabbitmq {}: {e}", redact_url(&config.rabbitmq.url)));
         let props = ConnectionProperties::default().with_connection_name("pcbridge-replay".into());
         let connection = Connection::connect_uri(uri, props).await.map_err(fail)?;
         let channel = connection.create_channel().await.map_err(fail)?;
@@ -238,7 +238,7 @@ impl RabbitBacklog {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| SetupError(format!("rabbitmq: queue {queue} cannot be read: {e}")))?;
+            .map_err(|e| SetupError::Refused(format!("rabbitmq: queue {queue} cannot be read: {e}")))?;
         let size = u64::from(declared.message_count());
         // No prefetch limit: the messages left in place stay unacknowledged until the end,
         // and a limit would stall the read behind them.
@@ -289,7 +289,11 @@ impl crate::broker::Backlog for RabbitBacklog {
 
     async fn remove(&mut self, token: AckToken) -> Result<(), SetupError> {
         let AckToken(AckInner::Rabbit(acker)) = token else { return Ok(()) };
-        acker.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(|e| SetupError(format!("rabbitmq ack: {e}")))
+        acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| SetupError::Unreachable(format!("rabbitmq ack: {e}")))
     }
 
     async fn finish(self: Box<Self>) {

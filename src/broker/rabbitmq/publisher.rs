@@ -82,7 +82,7 @@ impl RabbitMq {
             metrics,
         });
         let link = this.open().await.map_err(|e| {
-            SetupError(format!("rabbitmq: cannot connect to {}: {e}", redact_url(&config.rabbitmq.url)))
+            SetupError::Unreachable(format!("rabbitmq: cannot connect to {}: {e}", redact_url(&config.rabbitmq.url)))
         })?;
         this.install(link).await;
         let weak = Arc::downgrade(&this);
@@ -179,8 +179,8 @@ pub(crate) async fn probe(config: &Config) -> Result<String, SetupError> {
     };
     match tokio::time::timeout(Duration::from_secs(10), connect).await {
         Ok(Ok(())) => Ok(format!("rabbitmq at {url}: connected")),
-        Ok(Err(e)) => Err(SetupError(format!("rabbitmq at {url}: {e}"))),
-        Err(_) => Err(SetupError(format!("rabbitmq at {url}: no answer within 10 s"))),
+        Ok(Err(e)) => Err(SetupError::Unreachable(format!("rabbitmq at {url}: {e}"))),
+        Err(_) => Err(SetupError::Unreachable(format!("rabbitmq at {url}: no answer within 10 s"))),
     }
 }
 
@@ -300,10 +300,10 @@ impl Publisher for RabbitMq {
     }
 
     async fn ensure_destinations(&self, names: &[String]) -> Result<(), SetupError> {
-        let channel = self.channel().await.map_err(|e| SetupError(e.to_string()))?;
+        let channel = self.channel().await.map_err(|e| SetupError::Unreachable(e.to_string()))?;
         for name in names {
             self.declare(&channel, name).await.map_err(|e| {
-                SetupError(format!(
+                SetupError::Refused(format!(
                     "rabbitmq: cannot declare queue {name}: {e} (an existing queue with other arguments? check rabbitmq.queue_type)"
                 ))
             })?;

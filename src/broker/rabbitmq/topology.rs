@@ -45,13 +45,14 @@ pub(crate) async fn declare_exchange(channel: &Channel, exchange: &str) -> Resul
 /// The AMQP URI of `rabbitmq.url`, with the configured credentials.
 pub(crate) fn amqp_uri(rmq: &RabbitMqConfig, config: &Config) -> Result<AMQPUri, SetupError> {
     let mut uri: AMQPUri = rmq.url.parse().map_err(|e| {
-        SetupError(format!("config key `rabbitmq.url`: {:?} is not an AMQP URL: {e}", redact_url(&rmq.url)))
+        SetupError::Config(format!("config key `rabbitmq.url`: {:?} is not an AMQP URL: {e}", redact_url(&rmq.url)))
     })?;
     // Credentials written in the URL (only possible from the environment: config.toml
     // refuses them) win; otherwise `username` and the password from env or file.
     if redact_url(&rmq.url) == rmq.url {
         uri.authority.userinfo.username = rmq.username.clone();
-        uri.authority.userinfo.password = config.rabbitmq_password().map_err(|e| SetupError(e.0))?.expose().to_string();
+        uri.authority.userinfo.password =
+            config.rabbitmq_password().map_err(|e| SetupError::Config(e.to_string()))?.expose().to_string();
     }
     if uri.query.connection_timeout.is_none() {
         uri.query.connection_timeout = Some(5_000);
