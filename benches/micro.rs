@@ -183,8 +183,8 @@ fn async_iters<F: AsyncFn()>(rt: &Runtime, iters: u64, f: F) -> Duration {
 
 /// The raw message the ingress builds (`id` and `at`, the receive time, moved in as it does).
 fn raw_message(body: &Bytes, event: &Event, sig: &SignatureHeaders, id: String, at: String) -> Message {
-    let (body, incoming_traceparent) = (body.clone(), Some(TRACEPARENT));
-    let accepted = Accepted { event, event_id: id, body, signature: sig, received_at: at, incoming_traceparent };
+    let (body, traceparent) = (body.clone(), pcbridge::contract::headers::traceparent(Some(TRACEPARENT)));
+    let accepted = Accepted { event, event_id: id, body, signature: sig, received_at: at, traceparent };
     message::raw_message(accepted, &DESTINATIONS, SOURCE)
 }
 

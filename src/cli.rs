@@ -58,13 +58,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(_) | Command::Simulate(_) | Command::Register(_) | Command::Replay(_) => "warn,librdkafka=error",
         _ => config.log.level.as_str(),
     };
-    init_tracing(style, level);
+    let service = match cli.command {
+        Command::Ingress => "pcbridge-ingress",
+        Command::Worker => "pcbridge-worker",
+        _ => "pcbridge",
+    };
+    init_tracing(style, level, service);
     let interactive =
         matches!(cli.command, Command::Dev(_) | Command::Simulate(_) | Command::Register(_) | Command::Replay(_));
     if !required && !path.exists() && !interactive {
         tracing::warn!("no config.toml in the working directory; using defaults and PCBRIDGE_* variables");
     }
-    match cli.command {
+    let result = run_command(cli.command, config, &path).await;
+    crate::telemetry::trace::flush().await;
+    result
+}
+
+async fn run_command(command: Command, config: Config, path: &std::path::Path) -> anyhow::Result<()> {
+    match command {
         Command::Ingress => run_ingress(config).await,
         Command::Worker => run_worker(config).await,
         Command::Dev(args) => Ok(crate::dev::run::run(config, args, shutdown::on_signal()).await?),

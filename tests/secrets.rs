@@ -50,12 +50,24 @@ async fn no_secret_reaches_logs_or_metrics() {
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = cmd.spawn().expect("spawn worker");
+    let mut child = cmd.spawn().expect("spawn worker");
+    // Read the output while the worker runs: trace logging fills a pipe's 64 KiB long
+    // before the test ends, and a worker blocked on a full pipe stops answering.
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+            text
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
     let metrics_url = format!("http://127.0.0.1:{admin_port}/metrics");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut metrics = String::new();
     while Instant::now() < deadline {
-        if let Ok(r) = reqwest::get(&metrics_url).await {
+        if let Ok(r) = http.get(&metrics_url).send().await {
             metrics = r.text().await.unwrap_or_default();
             if worker_events_total(&metrics) >= 3 {
                 break;
@@ -66,8 +78,12 @@ async fn no_secret_reaches_logs_or_metrics() {
     assert!(worker_events_total(&metrics) >= 3, "the worker enriched the three events");
     let pid = child.id().to_string();
     let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait")).await.expect("join");
-    let logs = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let logs = tokio::task::spawn_blocking(move || {
+        child.wait().expect("wait");
+        format!("{}{}", stdout.join().expect("stdout"), stderr.join().expect("stderr"))
+    })
+    .await
+    .expect("join");
     assert!(logs.lines().count() > 100, "trace logging was on: {} lines", logs.lines().count());
     let tokens = api.issued_tokens();
     assert!(tokens.len() >= 3, "a token per grant and scope, and one after the 401: {tokens:?}");

@@ -224,7 +224,7 @@ impl Loader {
                 body: Bytes::from(body),
                 signature: &self.signature,
                 received_at: "2026-11-22T08:00:00Z".into(),
-                incoming_traceparent: None,
+                traceparent: pcbridge::contract::headers::traceparent(None),
             };
             let msg = message::raw_message(accepted, &self.destinations, API_HOST);
             let p = self.publisher.clone();

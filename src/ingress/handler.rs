@@ -23,6 +23,7 @@ use serde_json::json;
 use std::sync::Arc;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 /// Keeps `pcbridge_ingress_in_flight_requests` right, however the request ends.
 struct InFlight<'a>(&'a prometheus::IntGauge);
@@ -40,8 +41,22 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The webhook endpoint.
+/// The webhook endpoint. Each request runs in a `webhook` span (a child of the
+/// sender's `traceparent`, if any) that records the event's id and name once known;
+/// the raw message carries that span's context on to the worker.
 pub async fn receive(State(state): State<Arc<IngressState>>, headers: HeaderMap, body: Body) -> Response {
+    let span = tracing::info_span!(
+        "webhook",
+        otel.kind = "server",
+        event_id = tracing::field::Empty,
+        event_name = tracing::field::Empty,
+    );
+    let incoming = headers.get(crate::contract::headers::TRACEPARENT).and_then(|v| v.to_str().ok());
+    crate::telemetry::trace::set_remote_parent(&span, incoming);
+    respond(state, headers, body).instrument(span).await
+}
+
+async fn respond(state: Arc<IngressState>, headers: HeaderMap, body: Body) -> Response {
     let metrics = &state.metrics;
     let _in_flight = InFlight::enter(&metrics.ingress_in_flight);
     let started = std::time::Instant::now();
@@ -53,7 +68,7 @@ pub async fn receive(State(state): State<Arc<IngressState>>, headers: HeaderMap,
             metrics.ingress_requests.with_label_values(&[outcome::PUBLISHED]).inc();
             observe(outcome::PUBLISHED);
             metrics.ingress_events.with_label_values(&[&event_name]).inc();
-            tracing::info!(event_id, event_name, destination, "event published");
+            tracing::info!(destination, "event published");
             (StatusCode::OK, Json(json!({ "eventId": event_id, "destination": destination }))).into_response()
         }
         Err(rejection) => {
@@ -101,17 +116,18 @@ async fn accept(state: &IngressState, headers: &HeaderMap, body: Body) -> Result
     }
     let event = Event::parse(&body)?;
     let id = event_id(&body);
+    let span = tracing::Span::current();
+    span.record("event_id", id.as_str());
+    span.record("event_name", event.name.as_str());
     let received_at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
-    let incoming_traceparent = headers.get(crate::contract::headers::TRACEPARENT).and_then(|v| v.to_str().ok());
+    // This request's span; without a subscriber recording spans, a new id continuing
+    // the sender's trace.
+    let traceparent = crate::telemetry::trace::current_traceparent().unwrap_or_else(|| {
+        let incoming = headers.get(crate::contract::headers::TRACEPARENT).and_then(|v| v.to_str().ok());
+        crate::contract::headers::traceparent(incoming)
+    });
     let msg = message::raw_message(
-        message::Accepted {
-            event: &event,
-            event_id: id,
-            body,
-            signature: &signature,
-            received_at,
-            incoming_traceparent,
-        },
+        message::Accepted { event: &event, event_id: id, body, signature: &signature, received_at, traceparent },
         &state.destinations,
         &state.source,
     );

@@ -17,13 +17,13 @@ pub struct Accepted<'a> {
     pub signature: &'a SignatureHeaders,
     /// RFC 3339 UTC.
     pub received_at: String,
-    /// The sender's `traceparent`, if any; continued rather than replaced.
-    pub incoming_traceparent: Option<&'a str>,
+    /// W3C trace context of the request's span (which continues the sender's trace).
+    pub traceparent: String,
 }
 
 /// Builds the raw message for `accepted`.
 pub fn raw_message(accepted: Accepted<'_>, destinations: &Destinations, source: &str) -> Message {
-    let Accepted { event, event_id, body, signature, received_at, incoming_traceparent } = accepted;
+    let Accepted { event, event_id, body, signature, received_at, traceparent } = accepted;
     let headers = vec![
         (headers::EVENT_ID.to_string(), event_id.clone()),
         (headers::EVENT_NAME.to_string(), event.name.clone()),
@@ -31,7 +31,7 @@ pub fn raw_message(accepted: Accepted<'_>, destinations: &Destinations, source: 
         (headers::SIGNATURE.to_string(), signature.signature_text.clone()),
         (headers::CERTIFICATE_URL.to_string(), signature.certificate_url.clone()),
         (headers::SIGNATURE_ALGORITHM.to_string(), signature.algorithm.clone()),
-        (headers::TRACEPARENT.to_string(), headers::traceparent(incoming_traceparent)),
+        (headers::TRACEPARENT.to_string(), traceparent),
     ];
     Message {
         destination: destinations.raw(&event.name),

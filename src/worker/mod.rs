@@ -41,6 +41,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit},
     task::JoinSet,
 };
+use tracing::Instrument;
 
 /// Deliveries held per unit of concurrency beyond the one being processed; keeps memory
 /// bounded and back-pressure reaching the broker.
@@ -232,15 +233,28 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// One delivery, start to acknowledgement. `slot` (one of `worker.concurrency`) is held
-/// only until the event is enriched.
+/// One delivery, start to acknowledgement, in an `event` span that carries the event's
+/// id and name and continues the trace of the raw message's `traceparent` (the ingress
+/// request). `slot` (one of `worker.concurrency`) is held only until the event is enriched.
 async fn process(state: &WorkerState, d: Delivery, slot: SemaphorePermit<'_>) {
+    let who = identify(&d);
+    let span = tracing::info_span!(
+        "event",
+        otel.kind = "consumer",
+        event_id = %who.event_id,
+        event_name = %who.event_name,
+        destination = %d.destination,
+    );
+    crate::telemetry::trace::set_remote_parent(&span, d.header(headers::TRACEPARENT));
+    process_in_span(state, d, who, slot).instrument(span).await
+}
+
+async fn process_in_span(state: &WorkerState, d: Delivery, who: Identity, slot: SemaphorePermit<'_>) {
     state.metrics.worker_in_flight.inc();
     let in_flight = InFlight(&state.metrics.worker_in_flight);
-    let who = identify(&d);
     let duplicate = state.dedup.lock().unwrap_or_else(|p| p.into_inner()).contains(&who.event_id);
     if duplicate {
-        tracing::info!(event_id = %who.event_id, "duplicate within the dedup window; not enriched again");
+        tracing::info!("duplicate within the dedup window; not enriched again");
         state
             .metrics
             .worker_events
@@ -260,7 +274,7 @@ async fn process(state: &WorkerState, d: Delivery, slot: SemaphorePermit<'_>) {
             (output::enriched(&d, &who, &e, &state.destinations, &state.source), outcome)
         }
         Err(Failure::DeadLetter { kind, reason, attempts }) => {
-            tracing::warn!(event_id = %who.event_id, event_name = %who.event_name, kind, reason, attempts, "dead-lettering");
+            tracing::warn!(kind, reason, attempts, "dead-lettering");
             state.metrics.dead_letters.with_label_values(&[kind]).inc();
             let m = output::dead_letter(&d, &who, kind, &reason, attempts, &state.destinations, &state.source);
             (m, worker_outcome::DEAD_LETTERED)
@@ -275,7 +289,7 @@ async fn process(state: &WorkerState, d: Delivery, slot: SemaphorePermit<'_>) {
         // where it belongs, so it becomes a dead letter — which is small, being the raw body.
         Published::Refused(reason) if outcome != worker_outcome::DEAD_LETTERED => {
             let kind = error_kind::PUBLISH_REFUSED;
-            tracing::warn!(event_id = %who.event_id, reason, "enriched message refused by the broker; dead-lettering");
+            tracing::warn!(reason, "enriched message refused by the broker; dead-lettering");
             state.metrics.dead_letters.with_label_values(&[kind]).inc();
             let m = output::dead_letter(&d, &who, kind, &reason, 0, &state.destinations, &state.source);
             match publish_until_confirmed(state, &m).await {
@@ -292,7 +306,7 @@ async fn process(state: &WorkerState, d: Delivery, slot: SemaphorePermit<'_>) {
         let age = (OffsetDateTime::now_utc() - received).as_seconds_f64().max(0.0);
         state.metrics.worker_event_age.with_label_values(&[outcome]).observe(age);
     }
-    tracing::info!(event_id = %who.event_id, event_name = %who.event_name, destination = %message.destination, outcome, "event done");
+    tracing::info!(output = %message.destination, outcome, "event done");
 }
 
 /// The event id and name from the raw headers, or from the body when they are missing.

@@ -1,5 +1,6 @@
 //! The messages the worker publishes: the enriched event and the dead letter, both
-//! carrying the raw message's headers (docs/message-contract.md).
+//! carrying the raw message's headers, with `traceparent` moved on to the worker's
+//! span of the event (docs/message-contract.md).
 
 use super::enrich::Enriched;
 use crate::broker::{CloudEvent, Delivery, Message};
@@ -14,6 +15,17 @@ pub struct Identity {
     pub event_id: String,
     pub event_name: String,
     pub received_at: String,
+}
+
+/// The raw message's headers; `traceparent` names the current span (the worker's `event`
+/// span, a child of the raw message's) when spans are recorded.
+fn carried_headers(d: &Delivery) -> Vec<(String, String)> {
+    let mut carried = d.headers.clone();
+    if let Some(traceparent) = crate::telemetry::trace::current_traceparent() {
+        carried.retain(|(k, _)| k != headers::TRACEPARENT);
+        carried.push((headers::TRACEPARENT.to_string(), traceparent));
+    }
+    carried
 }
 
 fn cloud_event(d: &Delivery, who: &Identity, source: &str, suffix: &str) -> CloudEvent {
@@ -35,7 +47,7 @@ pub fn enriched(d: &Delivery, who: &Identity, e: &Enriched, destinations: &Desti
         destination: destinations.enriched(&who.event_name),
         key: d.key.clone(),
         id: who.event_id.clone(),
-        headers: d.headers.clone(),
+        headers: carried_headers(d),
         cloud_event: cloud_event(d, who, source, ENRICHED_TYPE_SUFFIX),
         content_type: "application/json",
         body: Bytes::from(serde_json::to_vec(&e.envelope).unwrap_or_default()),
@@ -53,7 +65,7 @@ pub fn dead_letter(
     source: &str,
 ) -> Message {
     let one_line: String = reason.replace(['\r', '\n'], " ").chars().take(1000).collect();
-    let mut headers = d.headers.clone();
+    let mut headers = carried_headers(d);
     headers.retain(|(k, _)| !headers::DEAD_LETTER_ONLY.contains(&k.as_str()));
     headers.push((headers::ERROR_KIND.into(), kind.into()));
     headers.push((headers::ERROR.into(), one_line));

@@ -162,7 +162,7 @@ pub struct TestApp {
 /// Starts the real ingress on port 0 and waits until it is ready.
 pub async fn spawn_ingress(config: Config) -> TestApp {
     pcbridge::partner_center::install_crypto_provider();
-    pcbridge::telemetry::init_tracing(pcbridge::telemetry::LogStyle::Text, "warn");
+    pcbridge::telemetry::init_tracing(pcbridge::telemetry::LogStyle::Text, "warn", "pcbridge-test");
     let metrics = Arc::new(Metrics::new());
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -634,7 +634,7 @@ pub struct TestWorker {
 /// Starts the real worker (consumer, publisher, admin on port 0).
 pub async fn spawn_worker(config: &Config) -> TestWorker {
     pcbridge::partner_center::install_crypto_provider();
-    pcbridge::telemetry::init_tracing(pcbridge::telemetry::LogStyle::Text, "warn");
+    pcbridge::telemetry::init_tracing(pcbridge::telemetry::LogStyle::Text, "warn", "pcbridge-test");
     let metrics = Arc::new(Metrics::new());
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let admin = format!("http://{}", admin_listener.local_addr().expect("addr"));

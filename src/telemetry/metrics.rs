@@ -1,5 +1,4 @@
-//! Logs and metrics: the tracing subscriber, and every metric name and label of the
-//! product, defined once here.
+//! Every metric name and label of the product, defined once here.
 //!
 //! Each role owns a [`Metrics`] with its own registry (rather than the process-global
 //! one) so that several roles in one process — `pcbridge dev`, or the test suite — keep
@@ -8,30 +7,6 @@
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::sync::Once;
-
-/// Output format of the logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogStyle {
-    Text,
-    Json,
-}
-
-/// Installs the global tracing subscriber once. `RUST_LOG`, when set, wins over `level`.
-pub fn init_tracing(style: LogStyle, level: &str) {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-        // A second subscriber (tests) is not an error worth reporting.
-        let _ = match style {
-            LogStyle::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
-            LogStyle::Text => builder.try_init(),
-        };
-    });
-}
 
 /// Outcomes of `POST /webhooks/partner-center`, the `outcome` label of
 /// `pcbridge_ingress_requests_total`.
