@@ -2,7 +2,11 @@
 
 mod common;
 
-use common::*;
+use common::{
+    app::spawn_ingress,
+    bus::{Bus, Received},
+    pc::{Pc, catalogue},
+};
 use pcbridge::config::BrokerKind;
 use sha2::{Digest, Sha256};
 use std::time::Duration;

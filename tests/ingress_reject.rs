@@ -2,7 +2,13 @@
 
 mod common;
 
-use common::{net::CertMode, *};
+use common::{
+    app::spawn_ingress,
+    bus::Bus,
+    net::{self, CertMode},
+    pc::{Pc, signed_headers},
+    pki,
+};
 use pcbridge::config::BrokerKind;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
