@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::bus::{Bus, output_queues};
+use common::bus::{Bus, on_both_brokers, output_queues};
 use pcbridge::broker::{self, CloudEvent, Message};
 use pcbridge::config::{BrokerKind, Config};
 use pcbridge::contract::destinations::{Destinations, cloud_event_type};
@@ -130,12 +130,4 @@ async fn replays_what_matches(kind: BrokerKind) {
     bus.cleanup(&config, &output_queues(&config)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_kafka() {
-    replays_what_matches(BrokerKind::Kafka).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_rabbitmq() {
-    replays_what_matches(BrokerKind::Rabbitmq).await;
-}
+on_both_brokers!(replays_what_matches);

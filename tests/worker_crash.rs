@@ -5,7 +5,7 @@ mod common;
 
 use common::{
     app::{pcbridge_command, spawn_ingress, worker_config, worker_events_total},
-    bus::{Bus, output_queues},
+    bus::{Bus, on_both_brokers, output_queues},
     net,
     pc::Pc,
     pc_api::PcApi,
@@ -60,7 +60,7 @@ async fn finished(admin_port: u16) -> usize {
     worker_events_total(&r.text().await.unwrap_or_default()) as usize
 }
 
-async fn killed_mid_batch(kind: BrokerKind) {
+async fn worker_killed_mid_batch_loses_nothing(kind: BrokerKind) {
     let pc = Pc::new().await;
     let bus = Bus::new(kind).await;
     let api = PcApi::start().await;
@@ -141,12 +141,4 @@ async fn killed_mid_batch(kind: BrokerKind) {
     bus.cleanup(&cfg, &output_queues(&cfg)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_killed_mid_batch_loses_nothing_kafka() {
-    killed_mid_batch(BrokerKind::Kafka).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_killed_mid_batch_loses_nothing_rabbitmq() {
-    killed_mid_batch(BrokerKind::Rabbitmq).await;
-}
+on_both_brokers!(worker_killed_mid_batch_loses_nothing);

@@ -5,7 +5,7 @@ mod common;
 
 use common::{
     app::{spawn_ingress, spawn_worker, worker_config},
-    bus::{Bus, Received, output_queues},
+    bus::{Bus, Received, on_both_brokers, output_queues},
     pc::{Pc, catalogue, concrete},
     pc_api::{PcApi, Recorded},
 };
@@ -167,12 +167,4 @@ async fn end_to_end(kind: BrokerKind) {
     bus.cleanup(&cfg, &outputs).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn end_to_end_kafka() {
-    end_to_end(BrokerKind::Kafka).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn end_to_end_rabbitmq() {
-    end_to_end(BrokerKind::Rabbitmq).await;
-}
+on_both_brokers!(end_to_end);

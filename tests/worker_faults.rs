@@ -5,7 +5,7 @@ mod common;
 
 use common::{
     app::{TestWorker, spawn_ingress, spawn_worker, worker_config},
-    bus::{Bus, Received, output_queues},
+    bus::{Bus, Received, on_both_brokers, output_queues},
     net,
     pc::Pc,
     pc_api::{self, PcApi, Reply},
@@ -171,15 +171,7 @@ async fn faults(kind: BrokerKind) {
     bus.cleanup(&cfg, &outputs).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn faults_kafka() {
-    faults(BrokerKind::Kafka).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn faults_rabbitmq() {
-    faults(BrokerKind::Rabbitmq).await;
-}
+on_both_brokers!(faults);
 
 /// The token endpoint failing for a while delays enrichment; it does not lose events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

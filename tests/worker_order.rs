@@ -5,7 +5,7 @@ mod common;
 
 use common::{
     app::{spawn_ingress, spawn_worker, worker_config},
-    bus::{Bus, output_queues},
+    bus::{Bus, on_both_brokers, output_queues},
     pc::Pc,
     pc_api::{PcApi, Reply},
     wait,
@@ -66,15 +66,7 @@ async fn per_resource_order(kind: BrokerKind) {
     bus.cleanup(&cfg, &output_queues(&cfg)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_resource_order_kafka() {
-    per_resource_order(BrokerKind::Kafka).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_resource_order_rabbitmq() {
-    per_resource_order(BrokerKind::Rabbitmq).await;
-}
+on_both_brokers!(per_resource_order);
 
 /// Two workers in one consumer group share the partitions; the second joins while the
 /// first is busy, so the first goes through a revocation with work in flight. Nothing is

@@ -4,7 +4,8 @@
 //!
 //! - [`app`]: the application under test: its test configuration, the ingress and
 //!   worker started in-process, the real binary.
-//! - [`bus`]: the brokers: [`bus::Bus`], reading back from Kafka and RabbitMQ.
+//! - [`bus`]: the brokers: [`bus::Bus`], reading back from Kafka and RabbitMQ, and
+//!   [`bus::on_both_brokers!`] for a test that runs on each.
 //! - [`pc`]: Partner Center's side of a delivery: signing certificate, signed headers,
 //!   the catalogue of example events.
 //! - [`pc_api`]: a stand-in for the APIs the worker calls (Entra ID, Partner Center,

@@ -1,6 +1,6 @@
 //! The broker a test runs against ([`Bus`]: librdkafka's mock Kafka cluster or the real
 //! RabbitMQ), the test's own destination prefix, reading back what reached the broker
-//! ([`Received`]).
+//! ([`Received`]), and [`on_both_brokers!`] for a test that runs on each.
 
 pub mod kafka;
 pub mod rabbitmq;
@@ -12,6 +12,30 @@ use pcbridge::{
     contract::destinations::{Destinations, all_stems},
 };
 use std::{collections::BTreeMap, path::Path, time::Duration};
+
+/// Runs `async fn $test(kind: BrokerKind)` once on each broker: expands to a module
+/// `$test` with the tests `$test::kafka` and `$test::rabbitmq` (`cargo nextest run
+/// $test` runs both). Attributes before the name (`#[ignore = "…"]`) go on both.
+#[allow(unused_macros, reason = "compiled into every test binary, used by some")]
+macro_rules! on_both_brokers {
+    ($(#[$attr:meta])* $test:ident) => {
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])*
+            async fn kafka() {
+                super::$test(pcbridge::config::BrokerKind::Kafka).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])*
+            async fn rabbitmq() {
+                super::$test(pcbridge::config::BrokerKind::Rabbitmq).await;
+            }
+        }
+    };
+}
+#[allow(unused_imports, reason = "compiled into every test binary, used by some")]
+pub(crate) use on_both_brokers;
 
 /// A unique destination prefix for one test.
 pub fn unique_prefix() -> String {
