@@ -11,7 +11,7 @@ use common::{
 use pcbridge::config::BrokerKind;
 use pcbridge::dev::pki::{ORGANIZATION, Pki};
 use pcbridge::partner_center::event::CATALOGUE;
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 fn pcbridge() -> Command {
     common::app::pcbridge_command()
@@ -132,5 +132,4 @@ async fn simulate_sends_signed_events_to_an_ingress_that_trusts_it() {
     assert_eq!(r.stdout.matches("NOT published: 401").count(), 2, "{}", r.stdout);
     assert!(r.stderr.contains("refused or did not answer 2 events"), "{}", r.stderr);
     let _ = std::fs::remove_dir_all(&pki_dir);
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }

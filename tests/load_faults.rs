@@ -21,6 +21,9 @@ fn span(n: usize) -> f64 {
     n as f64 / RATE
 }
 
+/// Waits `secs` on the load's clock. Not an ordering sleep: the load is paced by time
+/// (RATE a second), so a moment is a place in the load, and how long a fault lasts is
+/// part of the scenario (docs/RELIABILITY.md gives each one's timing).
 async fn at(secs: f64) {
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
 }
@@ -155,6 +158,7 @@ async fn rabbitmq_restarted_under_load() {
         tokio::task::spawn_blocking(|| {
             let stop = Command::new("rabbitmqctl").arg("stop_app").output().expect("rabbitmqctl");
             assert!(stop.status.success(), "{stop:?}");
+            // The outage's length is the scenario ("stop_app, 2 s, start_app"), not an ordering.
             std::thread::sleep(Duration::from_secs(2));
             let start = Command::new("rabbitmqctl").arg("start_app").output().expect("rabbitmqctl");
             assert!(start.status.success(), "{start:?}");

@@ -74,6 +74,7 @@ async fn lag_series_follow_the_assignment() {
     })
     .await;
     // Two statistics intervals (5 s each): a stale series would still be there.
+    // Not an ordering sleep: the assertion is that a series does not come back, which no event announces.
     tokio::time::sleep(Duration::from_secs(11)).await;
     let (a, b) = (lag_partitions(&first.metrics.render()), lag_partitions(&second.metrics.render()));
     assert_eq!(a.len(), 1, "the first replica reports only the partition it kept: {a:?}");

@@ -72,6 +72,7 @@ pub async fn read(bootstrap: &str, topics: &[&str], want: usize, wait: Duration)
 pub async fn read_settled(bootstrap: &str, topics: &[&str], expect: usize, wait: Duration) -> Vec<Received> {
     let mut out = read(bootstrap, topics, expect, wait).await;
     if out.len() >= expect {
+        // Not an ordering wait: it looks for a duplicate, whose absence no event announces.
         let again = read(bootstrap, topics, usize::MAX, Duration::from_secs(2)).await;
         if again.len() > out.len() {
             out = again;

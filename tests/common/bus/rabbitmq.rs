@@ -114,6 +114,7 @@ pub async fn drain_settled(conn: &Connection, queues: &[String], expect: usize, 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Not an ordering wait: it looks for duplicates, whose absence no event announces.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for q in queues {
         out.extend(drain(conn, q).await);
