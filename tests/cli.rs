@@ -30,9 +30,9 @@ fn fails_with(cmd: &mut Command, needle: &str) {
 
 #[test]
 fn configuration_errors_name_the_key() {
-    let bad = common::temp_file("bad.toml", "[ingress]\nlisten = \"not-an-address\"\n");
+    let bad = common::app::temp_file("bad.toml", "[ingress]\nlisten = \"not-an-address\"\n");
     fails_with(pcbridge().arg("--config").arg(&bad).arg("ingress"), "ingress.listen");
-    let typo = common::temp_file("typo.toml", "[ingress]\nlisen = \"0.0.0.0:1\"\n");
+    let typo = common::app::temp_file("typo.toml", "[ingress]\nlisen = \"0.0.0.0:1\"\n");
     fails_with(pcbridge().arg("--config").arg(&typo).arg("ingress"), "lisen");
     fails_with(
         pcbridge().arg("--config").arg("/nonexistent/pcbridge.toml").arg("ingress"),
@@ -40,7 +40,7 @@ fn configuration_errors_name_the_key() {
     );
     fails_with(pcbridge().arg("ingress").env("PCBRIDGE_BROKER__KIND", "nats"), "broker.kind");
     fails_with(pcbridge().arg("ingress").env("PCBRIDGE_BROKER__PREFIX", "has space"), "broker.prefix");
-    let secret = common::temp_file("secret.toml", "[rabbitmq]\npassword = \"hunter2\"\n");
+    let secret = common::app::temp_file("secret.toml", "[rabbitmq]\npassword = \"hunter2\"\n");
     let out = pcbridge().arg("--config").arg(&secret).arg("ingress").output().expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -52,7 +52,7 @@ fn configuration_errors_name_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_zero() {
     let (port, admin_port) = (common::net::closed_port().await, common::net::closed_port().await);
-    let prefix = common::unique_prefix();
+    let prefix = common::bus::unique_prefix();
     let mut child = pcbridge()
         .args(["--config", "config.toml", "ingress"])
         .env("PCBRIDGE_BROKER__KIND", "rabbitmq")
@@ -97,11 +97,11 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
     assert!(stderr.contains("ingress stopped"), "{stderr}");
 
-    let conn = common::rabbit().await;
+    let conn = common::bus::rabbitmq::connect().await;
     let mut config = pcbridge::config::Config::default();
     config.broker.prefix = prefix.clone();
     config.rabbitmq.exchange = format!("{prefix}exchange");
-    common::rabbit_cleanup(&conn, &config, &[]).await;
+    common::bus::rabbitmq::cleanup(&conn, &config, &[]).await;
 }
 
 fn check_output(cmd: &mut Command) -> (bool, String) {
@@ -114,7 +114,7 @@ fn check_output(cmd: &mut Command) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reaches_every_dependency() {
     let api = common::pc_api::PcApi::start().await;
-    let pc = common::Pc::new().await;
+    let pc = common::pc::Pc::new().await;
     let with_credentials = |c: &mut Command| {
         c.env("PCBRIDGE_PARTNER_CENTER__TOKEN_BASE_URL", &api.base)
             .env("PCBRIDGE_PARTNER_CENTER__TENANT_ID", "tenant-1")
@@ -190,7 +190,7 @@ async fn worker_without_credentials_refuses_to_start() {
         .args(["worker"])
         .env("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", mock.bootstrap_servers())
         .env("PCBRIDGE_KAFKA__REPLICATION_FACTOR", "1")
-        .env("PCBRIDGE_BROKER__PREFIX", common::unique_prefix())
+        .env("PCBRIDGE_BROKER__PREFIX", common::bus::unique_prefix())
         .env("PCBRIDGE_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
         .env("PCBRIDGE_WORKER__EVENTS", "[\"dap-admin-relationship-approved\",\"dap-admin-relationship-terminated\"]")
         .stderr(Stdio::null())

@@ -4,14 +4,17 @@
 
 mod common;
 
-use common::{Bus, output_queues, spawn_ingress};
+use common::{
+    app::spawn_ingress,
+    bus::{Bus, output_queues},
+};
 use pcbridge::config::BrokerKind;
 use pcbridge::dev::pki::{ORGANIZATION, Pki};
 use pcbridge::partner_center::event::CATALOGUE;
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 fn pcbridge() -> Command {
-    common::pcbridge_command()
+    common::app::pcbridge_command()
 }
 
 struct Run {
@@ -64,7 +67,7 @@ async fn dev_runs_the_whole_pipeline_on_the_embedded_kafka() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_runs_the_whole_pipeline_on_rabbitmq() {
     let bus = Bus::new(BrokerKind::Rabbitmq).await;
-    let prefix = format!("{}dev.", common::unique_prefix());
+    let prefix = format!("{}dev.", common::bus::unique_prefix());
     let mut cmd = pcbridge();
     cmd.args(["dev", "--broker", "rabbitmq", "--count", "48", "--rate", "40", "--quiet"])
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--rabbitmq-prefix", &prefix])
@@ -117,7 +120,7 @@ async fn simulate_sends_signed_events_to_an_ingress_that_trusts_it() {
     // An ingress that trusts only Microsoft's issuer refuses the simulator, and simulate says so.
     let mut strict = config.clone();
     strict.signature.issuer_organization = "Microsoft Corporation".into();
-    strict.broker.prefix = common::unique_prefix();
+    strict.broker.prefix = common::bus::unique_prefix();
     let strict_app = spawn_ingress(strict).await;
     let mut cmd = pcbridge();
     cmd.args(["simulate", "--target", &strict_app.url, "--count", "2", "--rate", "50"])
@@ -129,5 +132,4 @@ async fn simulate_sends_signed_events_to_an_ingress_that_trusts_it() {
     assert_eq!(r.stdout.matches("NOT published: 401").count(), 2, "{}", r.stdout);
     assert!(r.stderr.contains("refused or did not answer 2 events"), "{}", r.stderr);
     let _ = std::fs::remove_dir_all(&pki_dir);
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }

@@ -2,7 +2,12 @@
 
 mod common;
 
-use common::{net::CertMode, *};
+use common::{
+    app::{TestApp, spawn_ingress},
+    bus::{Bus, rabbitmq::RABBITMQ_ADDR},
+    net::{self, CertMode},
+    pc::{Pc, signed_headers},
+};
 use pcbridge::config::BrokerKind;
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Bus, Pc, spawn_ingress};
+use common::{app::spawn_ingress, bus::Bus, pc::Pc};
 use pcbridge::config::BrokerKind;
 use std::time::{Duration, Instant};
 use tokio::{
@@ -186,7 +186,7 @@ async fn redirects_to_other_hosts_are_not_followed() {
     assert!(status == 401 || status == 503, "refused: {status}");
 
     let api = common::pc_api::PcApi::start().await;
-    let worker = common::worker_config(config.clone(), &api);
+    let worker = common::app::worker_config(config.clone(), &api);
     api.script(
         "/v1/customers/c",
         vec![common::pc_api::Reply::Redirect(format!("http://{}/v1/customers/c", tripwire.addr))],

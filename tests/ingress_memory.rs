@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::Pc;
+use common::pc::Pc;
 use std::{
     process::Stdio,
     sync::{
@@ -94,8 +94,8 @@ async fn body_flood_stays_under_the_container_limit() {
     let pc = Pc::new().await;
     let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
     let (port, admin_port) = (common::net::closed_port().await, common::net::closed_port().await);
-    let prefix = common::unique_prefix();
-    let mut child = common::pcbridge_command()
+    let prefix = common::bus::unique_prefix();
+    let mut child = common::app::pcbridge_command()
         .arg("ingress")
         .env("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", mock.bootstrap_servers())
         .env("PCBRIDGE_KAFKA__CREATE_TOPICS", "false")

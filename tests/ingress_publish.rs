@@ -2,7 +2,11 @@
 
 mod common;
 
-use common::*;
+use common::{
+    app::spawn_ingress,
+    bus::{Bus, Received, on_both_brokers},
+    pc::{Pc, catalogue},
+};
 use pcbridge::config::BrokerKind;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -81,15 +85,7 @@ fn check_raw_message(m: &Received, name: &str, body: &[u8], pc: &Pc, kind: Broke
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catalogue_round_trip_kafka() {
-    catalogue_round_trip(BrokerKind::Kafka).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catalogue_round_trip_rabbitmq() {
-    catalogue_round_trip(BrokerKind::Rabbitmq).await;
-}
+on_both_brokers!(catalogue_round_trip);
 
 /// Event names outside the catalogue are published too: a safe one to its own
 /// destination (created on first use), an unsafe one to `{prefix}unrecognized`.
@@ -127,15 +123,7 @@ async fn unknown_event_names(kind: BrokerKind) {
     bus.cleanup(&config, &[d.raw(future)]).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_event_names_kafka() {
-    unknown_event_names(BrokerKind::Kafka).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_event_names_rabbitmq() {
-    unknown_event_names(BrokerKind::Rabbitmq).await;
-}
+on_both_brokers!(unknown_event_names);
 
 /// A sender's traceparent is continued; loose payloads are accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,13 @@
 
 mod common;
 
-use common::{net::CertMode, *};
+use common::{
+    app::spawn_ingress,
+    bus::{Bus, on_both_brokers},
+    net::{self, CertMode},
+    pc::{Pc, signed_headers},
+    pki,
+};
 use pcbridge::config::BrokerKind;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,7 +28,7 @@ fn without(headers: &[(&'static str, String)], name: &str) -> Vec<(&'static str,
     headers.iter().filter(|(k, _)| *k != name).cloned().collect()
 }
 
-async fn rejections(kind: BrokerKind) {
+async fn rejections_publish_nothing(kind: BrokerKind) {
     let contoso = pki::Ca::new("Contoso Ltd");
     let pc = Pc::with_extra_anchors(&[contoso.pem()]).await;
     let bus = Bus::new(kind).await;
@@ -216,12 +222,4 @@ async fn chunked_post(url: &str, body: &[u8], headers: &[(&'static str, String)]
     text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejections_publish_nothing_kafka() {
-    rejections(BrokerKind::Kafka).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejections_publish_nothing_rabbitmq() {
-    rejections(BrokerKind::Rabbitmq).await;
-}
+on_both_brokers!(rejections_publish_nothing);

@@ -495,9 +495,9 @@ async fn kafka_overlay_pods_run_as_the_kubelet_runs_them() {
 async fn rabbitmq_overlay_pods_run_as_the_kubelet_runs_them() {
     run_overlay("rabbitmq", &Broker { kafka_bootstrap: String::new() }).await;
     // The pods used the manifests' own prefix and exchange; leave the broker as found.
-    let conn = common::rabbit().await;
+    let conn = common::bus::rabbitmq::connect().await;
     let config = pcbridge::config::Config::default();
-    common::rabbit_cleanup(&conn, &config, &common::output_queues(&config)).await;
+    common::bus::rabbitmq::cleanup(&conn, &config, &common::bus::output_queues(&config)).await;
 }
 
 /// The RabbitMQ autoscaler counts the raw queues only: dead letters that nobody

@@ -5,8 +5,10 @@
 
 mod common;
 
-use common::Bus;
-use common::load::{Rig, assert_nothing_lost, events_per_scenario};
+use common::{
+    bus::Bus,
+    load::{Rig, assert_nothing_lost, events_per_scenario},
+};
 use pcbridge::config::{BrokerKind, Secret};
 use pcbridge::contract::destinations::Destinations;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -19,6 +21,9 @@ fn span(n: usize) -> f64 {
     n as f64 / RATE
 }
 
+/// Waits `secs` on the load's clock. Not an ordering sleep: the load is paced by time
+/// (RATE a second), so a moment is a place in the load, and how long a fault lasts is
+/// part of the scenario (docs/RELIABILITY.md gives each one's timing).
 async fn at(secs: f64) {
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
 }
@@ -153,6 +158,7 @@ async fn rabbitmq_restarted_under_load() {
         tokio::task::spawn_blocking(|| {
             let stop = Command::new("rabbitmqctl").arg("stop_app").output().expect("rabbitmqctl");
             assert!(stop.status.success(), "{stop:?}");
+            // The outage's length is the scenario ("stop_app, 2 s, start_app"), not an ordering.
             std::thread::sleep(Duration::from_secs(2));
             let start = Command::new("rabbitmqctl").arg("start_app").output().expect("rabbitmqctl");
             assert!(start.status.success(), "{start:?}");
@@ -174,12 +180,12 @@ async fn rabbitmq_restarted_under_load() {
 /// Partner Center would), and every event that did is on the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_killed_with_requests_in_flight() {
-    let pc = common::Pc::new().await;
+    let pc = common::pc::Pc::new().await;
     let bus = Bus::new(BrokerKind::Kafka).await;
     let config = bus.config(&pc);
     let (port, admin) = (common::net::closed_port().await, common::net::closed_port().await);
     let start = || {
-        let mut cmd = common::pcbridge_command();
+        let mut cmd = common::app::pcbridge_command();
         cmd.arg("ingress")
             .env("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", &config.kafka.bootstrap_servers)
             .env("PCBRIDGE_KAFKA__CREATE_TOPICS", "false")
@@ -227,7 +233,7 @@ async fn ingress_killed_with_requests_in_flight() {
     let _ = child.wait();
     assert_eq!(kills, 2);
     let raw = Destinations::new(config.broker.prefix.clone()).raw("subscription-updated");
-    let found = common::kafka_read(&bus.bootstrap(), &[raw.as_str()], usize::MAX, Duration::from_secs(5)).await;
+    let found = common::bus::kafka::read(&bus.bootstrap(), &[raw.as_str()], usize::MAX, Duration::from_secs(5)).await;
     let mut seen = std::collections::HashMap::new();
     for r in &found {
         if let Some(id) = r.headers.get("pc-event-id") {
@@ -375,7 +381,7 @@ async fn bare_producer_losses(in_flight: &str) -> usize {
     let in_log: i64 =
         (0..3).map(|p| watermarks.fetch_watermarks("t", p, Duration::from_secs(10)).expect("watermarks").1).sum();
     let logged: std::collections::HashSet<String> =
-        common::kafka_read(&bootstrap, &["t"], in_log as usize, Duration::from_secs(60))
+        common::bus::kafka::read(&bootstrap, &["t"], in_log as usize, Duration::from_secs(60))
             .await
             .into_iter()
             .map(|r| String::from_utf8_lossy(&r.body).into_owned())

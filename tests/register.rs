@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Bus, spawn_ingress};
+use common::{app::spawn_ingress, bus::Bus};
 use pcbridge::config::BrokerKind;
 use pcbridge::dev::pki::{ORGANIZATION, Pki};
 use pcbridge::dev::simulator::{self, Simulator};
@@ -16,7 +16,7 @@ struct Out {
 }
 
 async fn register(sim: &Simulator, args: &[&str], secret: &str) -> Out {
-    let mut cmd = common::pcbridge_command();
+    let mut cmd = common::app::pcbridge_command();
     cmd.arg("register")
         .args(args)
         .env("PCBRIDGE_PARTNER_CENTER__BASE_URL", sim.base_url())
@@ -55,7 +55,7 @@ fn fails(o: &Out, needle: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_manages_the_registration_and_follows_test_events() {
     let sim = Simulator::start(Pki::generate().expect("pki"), simulator::Options::default()).await.expect("simulator");
-    let ca = common::temp_file("sim-ca.pem", &sim.ca_pem().expect("pem"));
+    let ca = common::app::temp_file("sim-ca.pem", &sim.ca_pem().expect("pem"));
     let bus = Bus::new(BrokerKind::Kafka).await;
     let mut config = bus.config_trusting(&sim.certificate_prefix(), &ca);
     config.signature.issuer_organization = ORGANIZATION.into();

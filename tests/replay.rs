@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Bus, output_queues};
+use common::bus::{Bus, on_both_brokers, output_queues};
 use pcbridge::broker::{self, CloudEvent, Message};
 use pcbridge::config::{BrokerKind, Config};
 use pcbridge::contract::destinations::{Destinations, cloud_event_type};
@@ -46,7 +46,7 @@ fn dead_letter(config: &Config, name: &str, kind: &str, received: OffsetDateTime
 }
 
 async fn replay(config: &Config, bootstrap: &str, args: &[&str]) -> (bool, String, String) {
-    let mut cmd = common::pcbridge_command();
+    let mut cmd = common::app::pcbridge_command();
     cmd.arg("replay")
         .args(args)
         .env("PCBRIDGE_BROKER__KIND", config.broker.kind.to_string())
@@ -130,12 +130,4 @@ async fn replays_what_matches(kind: BrokerKind) {
     bus.cleanup(&config, &output_queues(&config)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_kafka() {
-    replays_what_matches(BrokerKind::Kafka).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_rabbitmq() {
-    replays_what_matches(BrokerKind::Rabbitmq).await;
-}
+on_both_brokers!(replays_what_matches);

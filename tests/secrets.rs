@@ -6,7 +6,12 @@
 
 mod common;
 
-use common::{pc_api::PcApi, *};
+use common::{
+    app::{pcbridge_command, spawn_ingress, worker_config, worker_events_total},
+    bus::Bus,
+    pc::Pc,
+    pc_api::{self, PcApi},
+};
 use pcbridge::config::BrokerKind;
 use serde_json::json;
 use std::{

@@ -40,6 +40,7 @@ async fn single_flight_per_scope_and_refresh_before_expiry() {
     // A 2 s token is replaced once half its life is gone, before it expires.
     let first = got[0].clone();
     assert_eq!(tokens.token(Grant::ClientCredentials, pc_api::PC_SCOPE).await.expect("cached"), first);
+    // Not an ordering sleep: the renewal falls due on the token's own clock (half its 2 s life).
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let renewed = tokens.token(Grant::ClientCredentials, pc_api::PC_SCOPE).await.expect("renewed");
     assert_ne!(renewed, first, "refreshed before expiry");

@@ -3,7 +3,13 @@
 
 mod common;
 
-use common::{pc_api::PcApi, *};
+use common::{
+    app::{pcbridge_command, spawn_ingress, worker_config, worker_events_total},
+    bus::{Bus, on_both_brokers, output_queues},
+    net,
+    pc::Pc,
+    pc_api::PcApi,
+};
 use pcbridge::config::{BrokerKind, Config};
 use serde_json::json;
 use std::{
@@ -23,13 +29,8 @@ impl Drop for Proc {
 }
 
 fn spawn_worker_process(config: &Config, api: &PcApi, admin_port: u16) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pcbridge"));
+    let mut cmd = pcbridge_command();
     cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(["--config", "config.toml", "worker"]);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PCBRIDGE_") {
-            cmd.env_remove(k);
-        }
-    }
     let kind = if config.broker.kind == BrokerKind::Kafka { "kafka" } else { "rabbitmq" };
     if config.broker.kind == BrokerKind::Kafka {
         cmd.env("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", &config.kafka.bootstrap_servers)
@@ -59,7 +60,7 @@ async fn finished(admin_port: u16) -> usize {
     worker_events_total(&r.text().await.unwrap_or_default()) as usize
 }
 
-async fn killed_mid_batch(kind: BrokerKind) {
+async fn worker_killed_mid_batch_loses_nothing(kind: BrokerKind) {
     let pc = Pc::new().await;
     let bus = Bus::new(kind).await;
     let api = PcApi::start().await;
@@ -140,12 +141,4 @@ async fn killed_mid_batch(kind: BrokerKind) {
     bus.cleanup(&cfg, &output_queues(&cfg)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_killed_mid_batch_loses_nothing_kafka() {
-    killed_mid_batch(BrokerKind::Kafka).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_killed_mid_batch_loses_nothing_rabbitmq() {
-    killed_mid_batch(BrokerKind::Rabbitmq).await;
-}
+on_both_brokers!(worker_killed_mid_batch_loses_nothing);

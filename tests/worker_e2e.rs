@@ -3,7 +3,12 @@
 
 mod common;
 
-use common::{pc_api::PcApi, *};
+use common::{
+    app::{spawn_ingress, spawn_worker, worker_config},
+    bus::{Bus, Received, on_both_brokers, output_queues},
+    pc::{Pc, catalogue, concrete},
+    pc_api::{PcApi, Recorded},
+};
 use pcbridge::config::BrokerKind;
 use serde_json::{Value, json};
 use std::{collections::HashMap, time::Duration};
@@ -132,7 +137,7 @@ async fn end_to_end(kind: BrokerKind) {
         "{:?}",
         requests.iter().filter(|r| r.status != 200).collect::<Vec<_>>()
     );
-    let fraud_pages: Vec<&common::pc_api::Recorded> = requests.iter().filter(|r| r.path == "/v1/fraudEvents").collect();
+    let fraud_pages: Vec<&Recorded> = requests.iter().filter(|r| r.path == "/v1/fraudEvents").collect();
     assert_eq!(fraud_pages.len(), 3, "230 events at 100 a page: pages 1, 2 and 3 (short)");
     for (i, r) in fraud_pages.iter().enumerate() {
         assert!(r.query.contains("SubscriptionId=subscriptionid-1") && r.query.contains("PageSize=100"), "{}", r.query);
@@ -162,12 +167,4 @@ async fn end_to_end(kind: BrokerKind) {
     bus.cleanup(&cfg, &outputs).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn end_to_end_kafka() {
-    end_to_end(BrokerKind::Kafka).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn end_to_end_rabbitmq() {
-    end_to_end(BrokerKind::Rabbitmq).await;
-}
+on_both_brokers!(end_to_end);

@@ -4,8 +4,12 @@
 mod common;
 
 use common::{
-    pc_api::{PcApi, Reply},
-    *,
+    app::{TestWorker, spawn_ingress, spawn_worker, worker_config},
+    bus::{Bus, Received, on_both_brokers, output_queues},
+    net,
+    pc::Pc,
+    pc_api::{self, PcApi, Reply},
+    wait,
 };
 use pcbridge::config::BrokerKind;
 use serde_json::{Value, json};
@@ -167,15 +171,7 @@ async fn faults(kind: BrokerKind) {
     bus.cleanup(&cfg, &outputs).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn faults_kafka() {
-    faults(BrokerKind::Kafka).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn faults_rabbitmq() {
-    faults(BrokerKind::Rabbitmq).await;
-}
+on_both_brokers!(faults);
 
 /// The token endpoint failing for a while delays enrichment; it does not lose events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,18 +240,9 @@ async fn refused_enriched_message_is_dead_lettered() {
     app.stop().await.expect("ingress stops");
 }
 
-/// Polls the worker's `/readyz` until it answers `want`; how long that took.
+/// Waits until the worker's `/readyz` answers `want`; how long that took.
 async fn readyz_turns(worker: &TestWorker, want: u16, within: Duration) -> Duration {
-    let http = reqwest::Client::new();
-    let started = std::time::Instant::now();
-    loop {
-        let status = http.get(format!("{}/readyz", worker.admin)).send().await.map(|r| r.status().as_u16());
-        if status.as_ref().ok() == Some(&want) {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < within, "/readyz still {status:?}, not {want}, after {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait::until(&format!("the worker's /readyz answers {want}"), within, async || worker.readyz().await == want).await
 }
 
 /// `/readyz` on Kafka means "the cluster answers" (README, "HTTP interface"): it turns 503 when the only

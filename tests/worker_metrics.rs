@@ -4,24 +4,22 @@
 
 mod common;
 
-use common::{Bus, Pc, pc_api::PcApi, spawn_worker, worker_config};
+use common::{
+    app::{spawn_worker, worker_config},
+    bus::Bus,
+    pc::Pc,
+    pc_api::PcApi,
+    wait,
+};
 use pcbridge::{config::BrokerKind, contract::destinations::Destinations};
 use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn lag_partitions(metrics: &str) -> Vec<String> {
     metrics.lines().filter(|l| l.starts_with("pcbridge_consumer_lag{")).map(|l| l.to_string()).collect()
-}
-
-async fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,9 +54,9 @@ async fn lag_series_follow_the_assignment() {
     }
 
     let first = spawn_worker(&config).await;
-    until("the first replica finishes the events and reports lag on both partitions", Duration::from_secs(40), || {
-        let text = first.metrics.render();
-        common::worker_events_total(&text) >= 20 && lag_partitions(&text).len() == 2
+    let first_done = "the first replica finishes the events and reports lag on both partitions";
+    wait::until(first_done, Duration::from_secs(40), async || {
+        first.events_finished() >= 20 && lag_partitions(&first.metrics.render()).len() == 2
     })
     .await;
     assert_eq!(first.metrics.consumer_assigned_partitions.get(), 2);
@@ -71,11 +69,12 @@ async fn lag_series_follow_the_assignment() {
     // A second replica joins: each keeps one partition, and the first stops reporting
     // the one it gave away.
     let second = spawn_worker(&config).await;
-    until("the group shares the partitions", Duration::from_secs(60), || {
+    wait::until("the group shares the partitions", Duration::from_secs(60), async || {
         first.metrics.consumer_assigned_partitions.get() == 1 && second.metrics.consumer_assigned_partitions.get() == 1
     })
     .await;
     // Two statistics intervals (5 s each): a stale series would still be there.
+    // Not an ordering sleep: the assertion is that a series does not come back, which no event announces.
     tokio::time::sleep(Duration::from_secs(11)).await;
     let (a, b) = (lag_partitions(&first.metrics.render()), lag_partitions(&second.metrics.render()));
     assert_eq!(a.len(), 1, "the first replica reports only the partition it kept: {a:?}");

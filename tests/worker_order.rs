@@ -4,8 +4,11 @@
 mod common;
 
 use common::{
+    app::{spawn_ingress, spawn_worker, worker_config},
+    bus::{Bus, on_both_brokers, output_queues},
+    pc::Pc,
     pc_api::{PcApi, Reply},
-    *,
+    wait,
 };
 use pcbridge::config::BrokerKind;
 use serde_json::{Value, json};
@@ -63,15 +66,7 @@ async fn per_resource_order(kind: BrokerKind) {
     bus.cleanup(&cfg, &output_queues(&cfg)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_resource_order_kafka() {
-    per_resource_order(BrokerKind::Kafka).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_resource_order_rabbitmq() {
-    per_resource_order(BrokerKind::Rabbitmq).await;
-}
+on_both_brokers!(per_resource_order);
 
 /// Two workers in one consumer group share the partitions; the second joins while the
 /// first is busy, so the first goes through a revocation with work in flight. Nothing is
@@ -106,11 +101,8 @@ async fn replicas_share_a_kafka_group_through_a_rebalance() {
     }
     let first = spawn_worker(&config).await;
     // Let the first worker get going, then add a second replica.
-    let started = std::time::Instant::now();
-    while worker_events_total(&first.metrics.render()) == 0 {
-        assert!(started.elapsed() < Duration::from_secs(30), "first worker never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait::until("the first worker finished an event", Duration::from_secs(30), async || first.events_finished() > 0)
+        .await;
     let second = spawn_worker(&config).await;
     let outputs = output_queues(&config);
     // A rebalance may redeliver (at least once), so wait for every distinct event id.
@@ -124,8 +116,7 @@ async fn replicas_share_a_kafka_group_through_a_rebalance() {
     };
     assert_eq!(seen.len(), n, "every event enriched");
     assert_eq!(seen, ids);
-    let count = |w: &TestWorker| worker_events_total(&w.metrics.render());
-    let (a, b) = (count(&first), count(&second));
+    let (a, b) = (first.events_finished(), second.events_finished());
     eprintln!("first worker: {a} events, second: {b}, outputs: {} for {n} events", got.len());
     assert!(a > 0 && b > 0, "both replicas got partitions: {a} / {b}");
     let lag = first.metrics.render();

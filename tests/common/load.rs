@@ -3,10 +3,14 @@
 //! accepted event: found in the raw destination, and in the enriched or dead-letter
 //! destination, with duplicates counted.
 
-use super::pc_api::PcApi;
-use super::{Bus, Pc, TestApp, TestWorker, spawn_ingress, spawn_worker, worker_config};
+use super::{
+    app::{TestApp, TestWorker, spawn_ingress, spawn_worker, worker_config},
+    bus::{Bus, kafka, output_queues, rabbitmq},
+    pc::Pc,
+    pc_api::PcApi,
+};
 use lapin::{
-    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use pcbridge::config::Config;
@@ -167,8 +171,7 @@ impl Rig {
                 let (mut raw, mut out, mut dead) = (HashMap::new(), HashMap::new(), 0);
                 let raw_topic = d.raw("subscription-updated");
                 for r in
-                    super::kafka_read(&m.bootstrap_servers(), &[raw_topic.as_str()], usize::MAX, Duration::from_secs(2))
-                        .await
+                    kafka::read(&m.bootstrap_servers(), &[raw_topic.as_str()], usize::MAX, Duration::from_secs(2)).await
                 {
                     if let Some(id) = ours(&r.body, &r.headers) {
                         *raw.entry(id).or_insert(0) += 1;
@@ -176,7 +179,7 @@ impl Rig {
                 }
                 let outputs = [d.enriched("subscription-updated"), d.dead_letter()];
                 let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
-                for r in super::kafka_read(&m.bootstrap_servers(), &names, usize::MAX, Duration::from_secs(2)).await {
+                for r in kafka::read(&m.bootstrap_servers(), &names, usize::MAX, Duration::from_secs(2)).await {
                     if let Some(id) = ours(&r.body, &r.headers) {
                         dead += usize::from(r.destination == d.dead_letter());
                         *out.entry(id).or_insert(0) += 1;
@@ -185,21 +188,13 @@ impl Rig {
                 (raw, out, dead)
             }
             Bus::Rabbit(conn) => {
-                let ch = conn.create_channel().await.expect("channel");
                 let mut seen = self.seen.lock().unwrap().clone();
                 let queues =
                     [(self.audit.clone().unwrap_or_default(), true), (d.enriched("subscription-updated"), false)];
                 for (queue, audit) in queues {
-                    while let Ok(Some(m)) = ch.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await
-                    {
-                        let headers: std::collections::BTreeMap<String, String> = m
-                            .delivery
-                            .properties
-                            .headers()
-                            .as_ref()
-                            .map(|t| t.inner().iter().map(|(k, v)| (k.to_string(), super::amqp_text(v))).collect())
-                            .unwrap_or_default();
-                        let Some(id) = ours(&m.delivery.data, &headers) else { continue };
+                    for m in rabbitmq::drain(conn, &queue).await {
+                        let headers = &m.headers;
+                        let Some(id) = ours(&m.body, headers) else { continue };
                         if audit && headers.contains_key("pc-error-kind") {
                             seen.2 += 1;
                             *seen.1.entry(id).or_insert(0) += 1;
@@ -210,7 +205,6 @@ impl Rig {
                         }
                     }
                 }
-                let _ = ch.close(200, "ok".into()).await;
                 *self.seen.lock().unwrap() = seen.clone();
                 seen
             }
@@ -229,7 +223,7 @@ impl Rig {
 
     /// Events the worker finished, by its metrics (for diagnosing a missing output).
     pub fn worker_finished(&self) -> u64 {
-        self.worker.as_ref().map_or(0, |w| super::worker_events_total(&w.metrics.render()))
+        self.worker.as_ref().map_or(0, TestWorker::events_finished)
     }
 
     /// A new test connection to RabbitMQ (after a broker restart killed the old one).
@@ -245,7 +239,7 @@ impl Rig {
         if let Some(w) = self.worker.take() {
             let _ = w.stop().await;
         }
-        let mut extra = super::output_queues(&self.config);
+        let mut extra = output_queues(&self.config);
         extra.extend(self.audit.clone());
         self.bus.cleanup(&self.config, &extra).await;
     }

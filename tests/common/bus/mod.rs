@@ -1,0 +1,173 @@
+//! The broker a test runs against ([`Bus`]: librdkafka's mock Kafka cluster or the real
+//! RabbitMQ), the test's own destination prefix, reading back what reached the broker
+//! ([`Received`]), and [`on_both_brokers!`] for a test that runs on each.
+
+pub mod kafka;
+pub mod rabbitmq;
+
+use super::{app::config_trusting, pc::Pc};
+use lapin::Connection;
+use pcbridge::{
+    config::{BrokerKind, Config},
+    contract::destinations::{Destinations, all_stems},
+};
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+/// Runs `async fn $test(kind: BrokerKind)` once on each broker: expands to a module
+/// `$test` with the tests `$test::kafka` and `$test::rabbitmq` (`cargo nextest run
+/// $test` runs both). Attributes before the name (`#[ignore = "…"]`) go on both.
+#[allow(unused_macros, reason = "compiled into every test binary, used by some")]
+macro_rules! on_both_brokers {
+    ($(#[$attr:meta])* $test:ident) => {
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])*
+            async fn kafka() {
+                super::$test(pcbridge::config::BrokerKind::Kafka).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])*
+            async fn rabbitmq() {
+                super::$test(pcbridge::config::BrokerKind::Rabbitmq).await;
+            }
+        }
+    };
+}
+#[allow(unused_imports, reason = "compiled into every test binary, used by some")]
+pub(crate) use on_both_brokers;
+
+/// A unique destination prefix for one test.
+pub fn unique_prefix() -> String {
+    format!("pctest-{}.", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// Output destinations of a test (enriched for every catalogue event, and dead letters).
+pub fn output_queues(config: &Config) -> Vec<String> {
+    Destinations::new(config.broker.prefix.clone()).outputs(&all_stems().collect::<Vec<_>>())
+}
+
+/// A message as read back from a broker.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Topic (Kafka) or routing key (RabbitMQ).
+    pub destination: String,
+    pub key: Option<Vec<u8>>,
+    pub body: Vec<u8>,
+    /// Kafka record headers, or AMQP headers.
+    pub headers: BTreeMap<String, String>,
+    /// AMQP basic properties (message_id, content_type, delivery_mode).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// The broker a test runs against: librdkafka's mock cluster, or the real RabbitMQ.
+pub enum Bus {
+    Kafka(rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
+    Rabbit(Connection),
+}
+
+impl Bus {
+    pub async fn new(kind: BrokerKind) -> Self {
+        match kind {
+            BrokerKind::Kafka => Bus::Kafka(rdkafka::mocking::MockCluster::new(1).expect("mock cluster")),
+            BrokerKind::Rabbitmq => Bus::Rabbit(rabbitmq::connect().await),
+        }
+    }
+
+    pub fn kind(&self) -> BrokerKind {
+        match self {
+            Bus::Kafka(_) => BrokerKind::Kafka,
+            Bus::Rabbit(_) => BrokerKind::Rabbitmq,
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        match self {
+            Bus::Kafka(m) => m.bootstrap_servers(),
+            Bus::Rabbit(_) => String::new(),
+        }
+    }
+
+    /// A test configuration; on Kafka the test's topics are created in the mock cluster
+    /// first (what `kafka.create_topics` does on a real cluster, which the mock lacks).
+    pub fn config(&self, pc: &Pc) -> Config {
+        self.config_trusting(&pc.certs.prefix, &pc.anchors_file)
+    }
+
+    /// [`Bus::config`] for an ingress that trusts another certificate source (the
+    /// product's own simulator).
+    pub fn config_trusting(&self, prefix: &str, anchors_file: &Path) -> Config {
+        let c = config_trusting(self.kind(), prefix, anchors_file, &self.bootstrap());
+        if let Bus::Kafka(mock) = self {
+            let d = Destinations::new(c.broker.prefix.clone());
+            for topic in d.all_raw().into_iter().chain(output_queues(&c)) {
+                mock.create_topic(&topic, c.kafka.partitions, 1).expect("mock topic");
+            }
+        }
+        c
+    }
+
+    /// Reads up to `want` messages from one destination.
+    pub async fn read(&self, destination: &str, want: usize, wait: Duration) -> Vec<Received> {
+        match self {
+            Bus::Kafka(m) => kafka::read(&m.bootstrap_servers(), &[destination], want, wait).await,
+            Bus::Rabbit(c) => rabbitmq::read(c, destination, want, wait).await,
+        }
+    }
+
+    /// How many messages `destination` holds, without taking them.
+    pub async fn read_count(&self, destination: &str) -> usize {
+        match self {
+            Bus::Kafka(m) => {
+                kafka::read(&m.bootstrap_servers(), &[destination], usize::MAX, Duration::from_secs(2)).await.len()
+            }
+            Bus::Rabbit(c) => rabbitmq::message_count(c, destination).await.expect("the queue exists") as usize,
+        }
+    }
+
+    /// Every message under the test's prefix (raw destinations plus `extra`).
+    pub async fn count_all(&self, config: &Config, extra: &[String]) -> usize {
+        match self {
+            Bus::Kafka(m) => {
+                kafka::count_prefix(&m.bootstrap_servers(), &config.broker.prefix, Duration::from_secs(3)).await
+            }
+            Bus::Rabbit(c) => rabbitmq::count(c, &raw_and(config, extra)).await as usize,
+        }
+    }
+
+    /// Every message under the test's prefix: waits until `expect` arrived (or `wait`
+    /// passed), then gives stragglers a moment so that extra messages are seen too.
+    pub async fn read_all(&self, config: &Config, extra: &[String], expect: usize, wait: Duration) -> Vec<Received> {
+        match self {
+            Bus::Kafka(m) => {
+                let regex = format!("^{}.*", config.broker.prefix.replace('.', "\\."));
+                kafka::read_settled(&m.bootstrap_servers(), &[regex.as_str()], expect, wait).await
+            }
+            Bus::Rabbit(c) => rabbitmq::drain_settled(c, &raw_and(config, extra), expect, wait).await,
+        }
+    }
+
+    /// Every message in the named destinations only (waits for `expect`, then settles).
+    pub async fn read_from(&self, destinations: &[String], expect: usize, wait: Duration) -> Vec<Received> {
+        match self {
+            Bus::Kafka(m) => {
+                let topics: Vec<&str> = destinations.iter().map(String::as_str).collect();
+                kafka::read_settled(&m.bootstrap_servers(), &topics, expect, wait).await
+            }
+            Bus::Rabbit(c) => rabbitmq::drain_settled(c, destinations, expect, wait).await,
+        }
+    }
+
+    /// Removes what the test left on RabbitMQ (a mock Kafka cluster goes with the test).
+    pub async fn cleanup(&self, config: &Config, extra: &[String]) {
+        if let Bus::Rabbit(c) = self {
+            rabbitmq::cleanup(c, config, extra).await;
+        }
+    }
+}
+
+/// The test's raw destinations, and `extra`.
+fn raw_and(config: &Config, extra: &[String]) -> Vec<String> {
+    let d = Destinations::new(config.broker.prefix.clone());
+    d.all_raw().into_iter().chain(extra.iter().cloned()).collect()
+}
