@@ -1,5 +1,5 @@
 //! Header names of the raw, enriched and dead-letter messages (Kafka record headers;
-//! AMQP message headers), and the W3C `traceparent` the ingress writes.
+//! AMQP message headers), and the W3C `traceparent` that carries a trace across the broker.
 //! `docs/message-contract.md` describes each.
 
 /// Lowercase hex SHA-256 of the body: the deduplication key.
@@ -26,18 +26,16 @@ pub const ATTEMPTS: &str = "pc-attempts";
 /// The headers a dead letter adds to its raw message's, which a replay removes again.
 pub const DEAD_LETTER_ONLY: [&str; 3] = [ERROR_KIND, ERROR, ATTEMPTS];
 
-/// A W3C `traceparent` for this hop: the incoming trace continued with a new span id,
-/// or a new trace when there is none (or it is malformed).
-pub fn traceparent(incoming: Option<&str>) -> String {
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    if let Some((trace_id, flags)) = incoming.and_then(parse_traceparent) {
-        return format!("00-{trace_id}-{span}-{flags}");
-    }
-    format!("00-{}-{span}-01", uuid::Uuid::new_v4().simple())
+/// The parts of a valid version-00 W3C `traceparent`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TraceParent<'a> {
+    pub trace_id: &'a str,
+    pub parent_id: &'a str,
+    pub sampled: bool,
 }
 
-/// `(trace-id, flags)` of a valid version-00 traceparent.
-fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
+/// Parses a `traceparent`; `None` when it is not a valid version-00 one.
+pub fn parse_traceparent(value: &str) -> Option<TraceParent<'_>> {
     let mut parts = value.trim().split('-');
     let (version, trace_id, parent_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
@@ -48,7 +46,41 @@ fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
         && hex(flags, 2)
         && trace_id.bytes().any(|b| b != b'0')
         && parent_id.bytes().any(|b| b != b'0');
-    valid.then_some((trace_id, flags))
+    let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
+    valid.then_some(TraceParent { trace_id, parent_id, sampled })
+}
+
+/// A version-00 `traceparent`.
+pub fn format_traceparent(trace_id: &str, span_id: &str, sampled: bool) -> String {
+    format!("00-{trace_id}-{span_id}-{}", if sampled { "01" } else { "00" })
+}
+
+/// Makes the `traceparent` header value the parent of `span` (not entered yet): the
+/// trace crosses the broker. A missing or malformed value leaves `span` a new root.
+pub fn continue_trace(span: &tracing::Span, value: Option<&str>) {
+    if let Some(tp) = value.and_then(parse_traceparent) {
+        crate::telemetry::trace::set_remote_parent(span, tp.trace_id, tp.parent_id, tp.sampled);
+    }
+}
+
+/// The `traceparent` a message published from the current span carries: that span's
+/// context when spans are recorded, or else (no subscriber, as in benchmarks) a new span
+/// id continuing `incoming`, or a new trace.
+pub fn outgoing_traceparent(incoming: Option<&str>) -> String {
+    match crate::telemetry::trace::current_span_ids() {
+        Some((trace_id, span_id, sampled)) => format_traceparent(&trace_id, &span_id, sampled),
+        None => traceparent(incoming),
+    }
+}
+
+/// A W3C `traceparent` for this hop without a recorded span: the incoming trace
+/// continued with a new span id, or a new trace when there is none (or it is malformed).
+pub fn traceparent(incoming: Option<&str>) -> String {
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    match incoming.and_then(parse_traceparent) {
+        Some(tp) => format_traceparent(tp.trace_id, span, tp.sampled),
+        None => format_traceparent(&uuid::Uuid::new_v4().simple().to_string(), span, true),
+    }
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ pub async fn receive(State(state): State<Arc<IngressState>>, headers: HeaderMap,
         event_name = tracing::field::Empty,
     );
     let incoming = headers.get(crate::contract::headers::TRACEPARENT).and_then(|v| v.to_str().ok());
-    crate::telemetry::trace::set_remote_parent(&span, incoming);
+    crate::contract::headers::continue_trace(&span, incoming);
     respond(state, headers, body).instrument(span).await
 }
 
@@ -120,12 +120,8 @@ async fn accept(state: &IngressState, headers: &HeaderMap, body: Body) -> Result
     span.record("event_id", id.as_str());
     span.record("event_name", event.name.as_str());
     let received_at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
-    // This request's span; without a subscriber recording spans, a new id continuing
-    // the sender's trace.
-    let traceparent = crate::telemetry::trace::current_traceparent().unwrap_or_else(|| {
-        let incoming = headers.get(crate::contract::headers::TRACEPARENT).and_then(|v| v.to_str().ok());
-        crate::contract::headers::traceparent(incoming)
-    });
+    let incoming = headers.get(crate::contract::headers::TRACEPARENT).and_then(|v| v.to_str().ok());
+    let traceparent = crate::contract::headers::outgoing_traceparent(incoming);
     let msg = message::raw_message(
         message::Accepted { event: &event, event_id: id, body, signature: &signature, received_at, traceparent },
         &state.destinations,

@@ -145,10 +145,10 @@ pub enum IngressError {
 }
 
 /// The one start-up path of the ingress, for the CLI, `dev` and the tests alike: serves
-/// the admin endpoints (liveness answers from here on; readiness waits for the broker),
-/// builds the verifier and connects the publisher (an error here is the caller's to
-/// report), creates the raw destinations, then serves webhooks in a task of its own
-/// until `shutdown` and the drain are done.
+/// the admin endpoints (liveness answers from here on), builds the verifier and connects
+/// the publisher (an error here is the caller's to report), creates the raw
+/// destinations, turns ready, then serves webhooks in a task of its own until
+/// `shutdown` and the drain are done.
 pub async fn start(
     config: &Config,
     client_id: &str,
@@ -162,7 +162,9 @@ pub async fn start(
     let started = async {
         let verifier = Verifier::new(&config.signature)?;
         let publisher = crate::broker::connect(config, client_id, metrics.clone()).await?;
-        Ok::<_, IngressError>(Arc::new(IngressState::new(config, verifier, publisher, metrics, shutdown.clone())))
+        let state = Arc::new(IngressState::new(config, verifier, publisher, metrics, shutdown.clone()));
+        ensure_raw_destinations(&state).await;
+        Ok::<_, IngressError>(state)
     };
     let state = match started.await {
         Ok(state) => state,
@@ -175,7 +177,6 @@ pub async fn start(
     readiness.set(move || ready_state.is_ready());
     let config = config.clone();
     Ok(tokio::spawn(async move {
-        ensure_raw_destinations(&state).await;
         let server = run(listener, state.clone(), shutdown.clone());
         tokio::pin!(server);
         let served = match crate::shutdown::drain(&mut server, &shutdown, config.shutdown.drain_deadline()).await {

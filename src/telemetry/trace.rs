@@ -15,10 +15,11 @@
 //!   `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn export off. Without
 //!   export the ids are still made (the trace context still travels), nothing is sent.
 
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
-use std::{collections::HashMap, sync::OnceLock};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use std::sync::OnceLock;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, Layer, filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
 
@@ -124,22 +125,22 @@ pub async fn flush() {
     }
 }
 
-/// Makes the W3C `traceparent` the parent of `span`, which must not have been entered
-/// yet. A missing or malformed value leaves `span` the root of a new trace.
-pub fn set_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
-    let Some(value) = traceparent else { return };
-    let carrier = HashMap::from([("traceparent".to_string(), value.to_string())]);
-    let cx = TraceContextPropagator::new().extract(&carrier);
-    if cx.span().span_context().is_valid() {
-        let _ = span.set_parent(cx);
+/// Makes the remote span `trace_id`/`span_id` (hex) the parent of `span`, which must
+/// not have been entered yet. Ids that are not valid leave `span` a root.
+pub fn set_remote_parent(span: &tracing::Span, trace_id: &str, span_id: &str, sampled: bool) {
+    let (Ok(trace_id), Ok(span_id)) = (TraceId::from_hex(trace_id), SpanId::from_hex(span_id)) else { return };
+    let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+    let remote = SpanContext::new(trace_id, span_id, flags, true, TraceState::default());
+    if remote.is_valid() {
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
     }
 }
 
-/// The W3C `traceparent` of the current span: what a message published from inside it
-/// carries. `None` when spans are not recorded (no subscriber, as in benchmarks).
-pub fn current_traceparent() -> Option<String> {
+/// `(trace id, span id, sampled)` of the current span, in hex; `None` when spans are not
+/// recorded (no subscriber, as in benchmarks).
+pub fn current_span_ids() -> Option<(String, String, bool)> {
     let cx = tracing::Span::current().context();
     let span = cx.span();
     let sc = span.span_context();
-    sc.is_valid().then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
+    sc.is_valid().then(|| (sc.trace_id().to_string(), sc.span_id().to_string(), sc.is_sampled()))
 }

@@ -245,7 +245,7 @@ async fn process(state: &WorkerState, d: Delivery, slot: SemaphorePermit<'_>) {
         event_name = %who.event_name,
         destination = %d.destination,
     );
-    crate::telemetry::trace::set_remote_parent(&span, d.header(headers::TRACEPARENT));
+    headers::continue_trace(&span, d.header(headers::TRACEPARENT));
     process_in_span(state, d, who, slot).instrument(span).await
 }
 
@@ -371,12 +371,12 @@ pub enum WorkerError {
 }
 
 /// The one start-up path of the worker, for the CLI, `dev` and the tests alike: checks
-/// the credentials, serves the admin endpoints (liveness from here on, readiness once
-/// connected), connects the publisher, creates the raw destinations it consumes
-/// (subscribing to a topic that does not exist yet would leave it unread until the next
-/// metadata refresh), subscribes, then runs in a task of its own: creates the output
-/// destinations, consumes until `shutdown`, drains within `shutdown.drain_deadline_ms`
-/// and commits what finished.
+/// the credentials, serves the admin endpoints (liveness from here on), connects the
+/// publisher, creates the raw destinations it consumes (subscribing to a topic that does
+/// not exist yet would leave it unread until the next metadata refresh), subscribes,
+/// creates the output destinations, turns ready, then runs in a task of its own:
+/// consumes until `shutdown`, drains within `shutdown.drain_deadline_ms` and commits
+/// what finished.
 pub async fn start(
     config: &Config,
     client_id: &str,
@@ -394,7 +394,12 @@ pub async fn start(
             tracing::warn!(error = %e, "could not create the source destinations");
         }
         let consumer = crate::broker::consume(config, sources, client_id, metrics.clone()).await?;
-        Ok::<_, WorkerError>(Arc::new(WorkerState::new(config, consumer, publisher, metrics)?))
+        let state = Arc::new(WorkerState::new(config, consumer, publisher, metrics)?);
+        let outputs = state.destinations.outputs(&stems(config));
+        if let Err(e) = state.publisher.ensure_destinations(&outputs).await {
+            tracing::warn!(error = %e, "could not create output destinations at start-up; will retry on first use");
+        }
+        Ok::<_, WorkerError>(state)
     };
     let state = match started.await {
         Ok(state) => state,
@@ -407,12 +412,7 @@ pub async fn start(
     readiness.set(move || !s.is_cancelled() && ready_state.consumer.is_ready() && ready_state.publisher.is_ready());
     let config = config.clone();
     Ok(tokio::spawn(async move {
-        let stems = stems(&config);
-        let outputs = state.destinations.outputs(&stems);
-        if let Err(e) = state.publisher.ensure_destinations(&outputs).await {
-            tracing::warn!(error = %e, "could not create output destinations at start-up; will retry on first use");
-        }
-        tracing::info!(sources = stems.len(), concurrency = config.worker.concurrency, "worker consuming");
+        tracing::info!(sources = stems(&config).len(), concurrency = config.worker.concurrency, "worker consuming");
         let work = run(state.clone(), shutdown.clone());
         tokio::pin!(work);
         if crate::shutdown::drain(&mut work, &shutdown, config.shutdown.drain_deadline()).await.is_none() {

@@ -17,14 +17,13 @@ pub struct Identity {
     pub received_at: String,
 }
 
-/// The raw message's headers; `traceparent` names the current span (the worker's `event`
-/// span, a child of the raw message's) when spans are recorded.
+/// The raw message's headers, `traceparent` naming the current span (the worker's
+/// `event` span, a child of the raw message's).
 fn carried_headers(d: &Delivery) -> Vec<(String, String)> {
     let mut carried = d.headers.clone();
-    if let Some(traceparent) = crate::telemetry::trace::current_traceparent() {
-        carried.retain(|(k, _)| k != headers::TRACEPARENT);
-        carried.push((headers::TRACEPARENT.to_string(), traceparent));
-    }
+    let traceparent = headers::outgoing_traceparent(d.header(headers::TRACEPARENT));
+    carried.retain(|(k, _)| k != headers::TRACEPARENT);
+    carried.push((headers::TRACEPARENT.to_string(), traceparent));
     carried
 }
 
