@@ -138,7 +138,7 @@ pub fn raw_again(d: &Delivery, destinations: &Destinations) -> Option<Message> {
         id,
         headers,
         cloud_event,
-        content_type: "application/json",
+        content_type: crate::contract::cloud_event::CONTENT_TYPE,
         body: d.body.clone(),
     })
 }

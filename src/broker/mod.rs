@@ -14,20 +14,7 @@ use crate::telemetry::Metrics;
 use bytes::Bytes;
 use std::{sync::Arc, time::Duration};
 
-/// CloudEvents 1.0 context attributes of a message, applied in binary content mode by
-/// each broker's own protocol binding (Kafka: `ce_` headers; AMQP: `cloudEvents_`
-/// application properties).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CloudEvent {
-    pub id: String,
-    pub source: String,
-    pub ty: String,
-    pub subject: Option<String>,
-    pub time: Option<String>,
-}
-
-/// CloudEvents spec version written on every message.
-pub const CLOUDEVENTS_SPEC_VERSION: &str = "1.0";
+pub use crate::contract::cloud_event::CloudEvent;
 
 /// One message to publish.
 #[derive(Clone, Debug)]
@@ -178,32 +165,6 @@ pub async fn backlog(config: &Config, destination: &str) -> Result<Box<dyn Backl
         BrokerKind::Kafka => Box::new(kafka::KafkaBacklog::open(config, destination).await?),
         BrokerKind::Rabbitmq => Box::new(rabbitmq::RabbitBacklog::open(config, destination).await?),
     })
-}
-
-/// Splits the CloudEvents binding headers (`ce_` / `cloudEvents_`) off the others.
-pub(crate) fn split_cloud_event(
-    headers: Vec<(String, String)>,
-    prefix: &str,
-) -> (Vec<(String, String)>, Option<CloudEvent>) {
-    let mut rest = Vec::with_capacity(headers.len());
-    let (mut id, mut source, mut ty, mut subject, mut time) = (None, None, None, None, None);
-    for (k, v) in headers {
-        match k.strip_prefix(prefix) {
-            Some("id") => id = Some(v),
-            Some("source") => source = Some(v),
-            Some("type") => ty = Some(v),
-            Some("subject") => subject = Some(v),
-            Some("time") => time = Some(v),
-            Some(_) => {}
-            None if k == "content-type" => {}
-            None => rest.push((k, v)),
-        }
-    }
-    let ce = match (id, source, ty) {
-        (Some(id), Some(source), Some(ty)) => Some(CloudEvent { id, source, ty, subject, time }),
-        _ => None,
-    };
-    (rest, ce)
 }
 
 /// Starts consuming `sources` from the configured broker.

@@ -1,12 +1,14 @@
 //! pcbridge's own message contract, in one place: the header names every message
-//! carries ([`headers`]), how destinations are named ([`destinations`]), and the enriched
-//! envelope with its enrichment statuses and dead-letter kinds ([`envelope`]).
+//! carries ([`headers`]) and its CloudEvents attributes ([`cloud_event`]), how
+//! destinations are named ([`destinations`]), and the enriched envelope with its
+//! enrichment statuses and dead-letter kinds ([`envelope`]).
 //!
 //! Downstream services depend on these names; `docs/message-contract.md` documents
 //! them, and a change here is an interface change (CHANGELOG.md). The ingress, the
 //! worker, `replay` and `dev` all take their names from here. Of the rest of the crate it
 //! uses only the Partner Center event catalogue.
 
+pub mod cloud_event;
 pub mod destinations;
 pub mod envelope;
 pub mod headers;

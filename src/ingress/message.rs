@@ -45,7 +45,7 @@ pub fn raw_message(accepted: Accepted<'_>, destinations: &Destinations, source: 
             subject: event.resource_uri.clone(),
             time: event.change_time_rfc3339(),
         },
-        content_type: "application/json",
+        content_type: crate::contract::cloud_event::CONTENT_TYPE,
         body,
     }
 }

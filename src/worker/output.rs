@@ -48,7 +48,7 @@ pub fn enriched(d: &Delivery, who: &Identity, e: &Enriched, destinations: &Desti
         id: who.event_id.clone(),
         headers: carried_headers(d),
         cloud_event: cloud_event(d, who, source, ENRICHED_TYPE_SUFFIX),
-        content_type: "application/json",
+        content_type: crate::contract::cloud_event::CONTENT_TYPE,
         body: Bytes::from(serde_json::to_vec(&e.envelope).unwrap_or_default()),
     }
 }
@@ -75,7 +75,7 @@ pub fn dead_letter(
         id: who.event_id.clone(),
         headers,
         cloud_event: cloud_event(d, who, source, DEAD_LETTER_TYPE_SUFFIX),
-        content_type: "application/json",
+        content_type: crate::contract::cloud_event::CONTENT_TYPE,
         body: d.body.clone(),
     }
 }

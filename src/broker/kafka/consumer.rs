@@ -11,8 +11,9 @@
 
 use super::config::{client_config, client_error};
 use super::offsets::OffsetTracker;
-use crate::broker::{AckInner, AckToken, Consumer, Delivery, SetupError, split_cloud_event};
+use crate::broker::{AckInner, AckToken, Consumer, Delivery, SetupError};
 use crate::config::Config;
+use crate::contract::cloud_event::{self, CloudEvent};
 use crate::telemetry::Metrics;
 use bytes::Bytes;
 use rdkafka::{
@@ -209,7 +210,7 @@ fn to_delivery(m: &impl Message) -> Delivery {
             headers.push((header.key.to_string(), value));
         }
     }
-    let (headers, cloud_event) = split_cloud_event(headers, "ce_");
+    let (headers, cloud_event) = CloudEvent::split(headers, &cloud_event::KAFKA);
     let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
     let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
     Delivery {

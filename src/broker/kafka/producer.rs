@@ -6,8 +6,9 @@
 //! internal retries from duplicating or reordering records within a partition.
 
 use super::config::{base_client_config, client_error, producer_config};
-use crate::broker::{CLOUDEVENTS_SPEC_VERSION, Message, PublishError, Publisher, SetupError};
+use crate::broker::{Message, PublishError, Publisher, SetupError};
 use crate::config::Config;
+use crate::contract::cloud_event::KAFKA;
 use crate::telemetry::Metrics;
 use rdkafka::{
     ClientContext,
@@ -224,23 +225,18 @@ fn classify(e: &KafkaError, timeout: Duration) -> PublishError {
 /// Kafka record headers for a message: its own headers, then the CloudEvents Kafka
 /// binding (`ce_*` and `content-type`).
 fn record_headers(m: &Message) -> OwnedHeaders {
-    let ce = &m.cloud_event;
     let mut h = OwnedHeaders::new_with_capacity(m.headers.len() + 7);
-    for (k, v) in &m.headers {
-        h = h.insert(Header { key: k, value: Some(v.as_str()) });
-    }
     let put = |h: OwnedHeaders, k: &str, v: &str| h.insert(Header { key: k, value: Some(v) });
-    h = put(h, "ce_specversion", CLOUDEVENTS_SPEC_VERSION);
-    h = put(h, "ce_id", &ce.id);
-    h = put(h, "ce_source", &ce.source);
-    h = put(h, "ce_type", &ce.ty);
-    if let Some(s) = &ce.subject {
-        h = put(h, "ce_subject", s);
+    for (k, v) in &m.headers {
+        h = put(h, k, v);
     }
-    if let Some(t) = &ce.time {
-        h = put(h, "ce_time", t);
+    for (k, v) in m.cloud_event.headers(&KAFKA) {
+        h = put(h, k, v);
     }
-    put(h, "content-type", m.content_type)
+    match KAFKA.content_type {
+        Some(k) => put(h, k, m.content_type),
+        None => h,
+    }
 }
 
 #[async_trait::async_trait]

@@ -6,8 +6,9 @@
 //! acknowledged, what it leaves is requeued when its channel closes.
 
 use super::topology::{amqp_uri, declare_exchange, declare_queue, reconnect_delays};
-use crate::broker::{AckInner, AckToken, Consumer, Delivery, SetupError, split_cloud_event};
+use crate::broker::{AckInner, AckToken, Consumer, Delivery, SetupError};
 use crate::config::{Config, QueueType, redact_url};
+use crate::contract::cloud_event::{self, CloudEvent};
 use bytes::Bytes;
 use futures::StreamExt;
 use lapin::{
@@ -173,7 +174,7 @@ fn to_delivery(d: lapin::message::Delivery) -> Delivery {
             headers.push((k.to_string(), text));
         }
     }
-    let (headers, cloud_event) = split_cloud_event(headers, "cloudEvents_");
+    let (headers, cloud_event) = CloudEvent::split(headers, &cloud_event::AMQP);
     let id = p.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
     let key = cloud_event.as_ref().and_then(|ce| ce.subject.clone()).unwrap_or(id);
     Delivery {

@@ -7,8 +7,9 @@
 //! unroutable message is returned before its confirm and is treated as a failure.
 
 use super::topology::{amqp_uri, declare_exchange, declare_queue, reconnect_delays};
-use crate::broker::{CLOUDEVENTS_SPEC_VERSION, Message, PublishError, Publisher, SetupError};
+use crate::broker::{Message, PublishError, Publisher, SetupError};
 use crate::config::{Config, QueueType, redact_url};
+use crate::contract::cloud_event::AMQP;
 use crate::telemetry::Metrics;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
@@ -216,7 +217,6 @@ impl Drop for Confirm {
 /// AMQP message properties: persistent, identified, typed, with the application
 /// headers and the CloudEvents AMQP binding (`cloudEvents_*` application properties).
 fn properties(m: &Message) -> BasicProperties {
-    let ce = &m.cloud_event;
     let mut headers = FieldTable::default();
     let mut put = |k: &str, v: &str| {
         headers.insert(ShortString::from(k), AMQPValue::LongString(LongString::from(v)));
@@ -224,22 +224,15 @@ fn properties(m: &Message) -> BasicProperties {
     for (k, v) in &m.headers {
         put(k, v);
     }
-    put("cloudEvents_specversion", CLOUDEVENTS_SPEC_VERSION);
-    put("cloudEvents_id", &ce.id);
-    put("cloudEvents_source", &ce.source);
-    put("cloudEvents_type", &ce.ty);
-    if let Some(s) = &ce.subject {
-        put("cloudEvents_subject", s);
-    }
-    if let Some(t) = &ce.time {
-        put("cloudEvents_time", t);
+    for (k, v) in m.cloud_event.headers(&AMQP) {
+        put(k, v);
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_message_id(m.id.as_str().into())
         .with_content_type(m.content_type.into())
-        .with_type(ce.ty.as_str().into())
+        .with_type(m.cloud_event.ty.as_str().into())
         .with_app_id("pcbridge".into())
         .with_timestamp(now)
         .with_headers(headers)
