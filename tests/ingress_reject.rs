@@ -1,4 +1,4 @@
-//! Every refusal in the README's "HTTP interface" table, and proof that nothing was published.
+//! Every refusal in docs/http-interface.md's table, and proof that nothing was published.
 
 mod common;
 

@@ -245,7 +245,7 @@ async fn readyz_turns(worker: &TestWorker, want: u16, within: Duration) -> Durat
     wait::until(&format!("the worker's /readyz answers {want}"), within, async || worker.readyz().await == want).await
 }
 
-/// `/readyz` on Kafka means "the cluster answers" (README, "HTTP interface"): it turns 503 when the only
+/// `/readyz` on Kafka means "the cluster answers" (docs/http-interface.md): it turns 503 when the only
 /// broker goes down and 200 again when it is back, although the consumer keeps its
 /// partitions throughout (no rebalance happens to announce the recovery). It is ready
 /// before the group's first assignment, which the broker delays by

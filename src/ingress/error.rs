@@ -1,6 +1,6 @@
 //! Why a webhook request was refused, as status codes and short JSON bodies.
 //!
-//! The table of the README's "HTTP interface" lives here: signature problems are 401
+//! The table of docs/http-interface.md lives here: signature problems are 401
 //! (503 when only the certificate download failed, so Partner Center retries), bad
 //! events 400, oversize bodies 413, and anything short of a broker confirm 503 — never
 //! a 2xx (also when the body budget is spent).

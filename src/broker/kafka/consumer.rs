@@ -160,7 +160,7 @@ impl KafkaConsumer {
     }
 }
 
-/// Readiness as the README's "HTTP interface" defines `/readyz`: the cluster answers (a metadata request every 2 s,
+/// Readiness as docs/http-interface.md defines `/readyz`: the cluster answers (a metadata request every 2 s,
 /// as the producer's probe does). Not "partitions assigned": a group's first assignment
 /// waits out the broker's `group.initial.rebalance.delay.ms` (3 s by default), a replica
 /// beyond the partition count never gets one, and a consumer keeps its partitions
