@@ -155,7 +155,7 @@ pub async fn run(config: &Config, args: ReplayArgs) -> Result<String, ReplayErro
         since: when(&args.since, "--since")?,
         until: when(&args.until, "--until")?,
     };
-    let destinations = Destinations::new(config.broker.prefix.clone());
+    let destinations = config.broker.destinations();
     let dead_letter = destinations.dead_letter();
     let mut backlog = broker::backlog(config, &dead_letter).await.map_err(|source| ReplayError::Broker {
         what: format!("read {dead_letter}"),

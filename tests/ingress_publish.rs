@@ -4,19 +4,19 @@ mod common;
 
 use common::{
     app::spawn_ingress,
-    bus::{Bus, Received, on_both_brokers},
+    bus::{Bus, Received, on_both_brokers, on_both_brokers_and_layouts},
     pc::{Pc, catalogue},
 };
-use pcbridge::config::BrokerKind;
+use pcbridge::{config::BrokerKind, contract::destinations::Layout};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 /// Every catalogue example goes through the real ingress and is read back unchanged.
-async fn catalogue_round_trip(kind: BrokerKind) {
+async fn catalogue_round_trip(kind: BrokerKind, layout: Layout) {
     let pc = Pc::new().await;
     let bus = Bus::new(kind).await;
-    let app = spawn_ingress(bus.config(&pc)).await;
+    let app = spawn_ingress(bus.config_with_layout(&pc, layout)).await;
     let events = catalogue();
     assert_eq!(events.len(), 24);
     for (i, (name, body)) in events.iter().enumerate() {
@@ -35,8 +35,9 @@ async fn catalogue_round_trip(kind: BrokerKind) {
     assert_eq!(all.len(), events.len(), "exactly one message per accepted event");
     for (name, body) in &events {
         let destination = app.destinations().raw(name);
-        let got: Vec<&Received> = all.iter().filter(|m| m.destination == destination).collect();
-        assert_eq!(got.len(), 1, "{destination}: expected exactly one message");
+        let got: Vec<&Received> =
+            all.iter().filter(|m| m.destination == destination && m.headers["pc-event-name"] == *name).collect();
+        assert_eq!(got.len(), 1, "{destination}: expected exactly one {name} ({layout} layout)");
         check_raw_message(got[0], name, body, &pc, kind);
     }
     let config = app.config.clone();
@@ -85,7 +86,7 @@ fn check_raw_message(m: &Received, name: &str, body: &[u8], pc: &Pc, kind: Broke
     }
 }
 
-on_both_brokers!(catalogue_round_trip);
+on_both_brokers_and_layouts!(catalogue_round_trip);
 
 /// Event names outside the catalogue are published too: a safe one to its own
 /// destination (created on first use), an unsafe one to `{prefix}unrecognized`.

@@ -10,7 +10,6 @@ use common::{
     load::{Rig, assert_nothing_lost, events_per_scenario},
 };
 use pcbridge::config::{BrokerKind, Secret};
-use pcbridge::contract::destinations::Destinations;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use std::{process::Command, time::Duration};
 
@@ -34,7 +33,7 @@ async fn kafka_broker_faults_under_load() {
     let bootstrap = mock.bootstrap_servers();
     let rig = Rig::start(Bus::Kafka(mock), |_| {}).await;
     let Bus::Kafka(mock) = &rig.bus else { unreachable!() };
-    let raw = Destinations::new(rig.config.broker.prefix.clone()).raw("subscription-updated");
+    let raw = rig.config.broker.destinations().raw("subscription-updated");
     let n = events_per_scenario(1200);
     let t = span(n);
     // Each fault in turn. (Produce request errors have their own scenario below; a
@@ -232,7 +231,7 @@ async fn ingress_killed_with_requests_in_flight() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(kills, 2);
-    let raw = Destinations::new(config.broker.prefix.clone()).raw("subscription-updated");
+    let raw = config.broker.destinations().raw("subscription-updated");
     let found = common::bus::kafka::read(&bus.bootstrap(), &[raw.as_str()], usize::MAX, Duration::from_secs(5)).await;
     let mut seen = std::collections::HashMap::new();
     for r in &found {

@@ -99,7 +99,7 @@ async fn register_manages_the_registration_and_follows_test_events() {
     assert!(status.stdout.contains("attempt 1: ") && status.stdout.contains("test-created → 200"), "{}", status.stdout);
     let raw = bus
         .read(
-            &pcbridge::contract::destinations::Destinations::new(config.broker.prefix.clone()).raw("test-created"),
+            &config.broker.destinations().raw("test-created"),
             1,
             Duration::from_secs(10),
         )

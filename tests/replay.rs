@@ -5,10 +5,10 @@
 mod common;
 
 use bytes::Bytes;
-use common::bus::{Bus, on_both_brokers, output_queues};
+use common::bus::{Bus, on_both_brokers_and_layouts, output_queues};
 use pcbridge::broker::{self, CloudEvent, Message};
 use pcbridge::config::{BrokerKind, Config};
-use pcbridge::contract::destinations::{Destinations, cloud_event_type};
+use pcbridge::contract::destinations::{Layout, cloud_event_type};
 use pcbridge::partner_center::event::event_id;
 use pcbridge::telemetry::Metrics;
 use std::{sync::Arc, time::Duration};
@@ -19,7 +19,7 @@ fn dead_letter(config: &Config, name: &str, kind: &str, received: OffsetDateTime
         r#"{{"EventName":"{name}","ResourceUri":"https://api.partnercenter.microsoft.com/v1/customers/c/{n}"}}"#
     );
     let id = event_id(body.as_bytes());
-    let d = Destinations::new(config.broker.prefix.clone());
+    let d = config.broker.destinations();
     let at = received.format(&Rfc3339).expect("time");
     Message {
         destination: d.dead_letter(),
@@ -51,6 +51,7 @@ async fn replay(config: &Config, bootstrap: &str, args: &[&str]) -> (bool, Strin
         .args(args)
         .env("PCBRIDGE_BROKER__KIND", config.broker.kind.to_string())
         .env("PCBRIDGE_BROKER__PREFIX", &config.broker.prefix)
+        .env("PCBRIDGE_BROKER__LAYOUT", config.broker.layout.to_string())
         .env("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", bootstrap)
         .env("PCBRIDGE_KAFKA__CREATE_TOPICS", "false")
         .env("PCBRIDGE_RABBITMQ__EXCHANGE", &config.rabbitmq.exchange);
@@ -63,10 +64,12 @@ async fn replay(config: &Config, bootstrap: &str, args: &[&str]) -> (bool, Strin
     (out.status.success(), stdout, stderr)
 }
 
-async fn replays_what_matches(kind: BrokerKind) {
+async fn replays_what_matches(kind: BrokerKind, layout: Layout) {
     let bus = Bus::new(kind).await;
-    let config = bus.config_trusting("https://unused.invalid/cert/", std::path::Path::new(""));
-    let d = Destinations::new(config.broker.prefix.clone());
+    let untrusted = std::path::Path::new("");
+    let config = common::app::config_trusting(kind, "https://unused.invalid/cert/", untrusted, &bus.bootstrap());
+    let config = bus.configured(config, layout);
+    let d = config.broker.destinations();
     let publisher = broker::connect(&config, "replay-test", Arc::new(Metrics::new())).await.expect("publisher");
     let mut destinations = d.all_raw();
     destinations.push(d.dead_letter());
@@ -115,7 +118,9 @@ async fn replays_what_matches(kind: BrokerKind) {
     // By error kind.
     let (_, out, _) = replay(&config, &bootstrap, &["--kind", "retries-exhausted"]).await;
     assert!(out.contains("replayed 2"), "{out}");
-    assert_eq!(bus.read(&d.raw("referral-created"), 10, Duration::from_secs(3)).await.len(), 2);
+    let raw = bus.read(&d.raw("referral-created"), 10, Duration::from_secs(3)).await;
+    let referrals = raw.iter().filter(|r| r.headers["pc-event-name"] == "referral-created").count();
+    assert_eq!(referrals, 2, "{layout} layout: {} read from {}", raw.len(), d.raw("referral-created"));
 
     match kind {
         // Only the old one is left in the queue.
@@ -130,4 +135,4 @@ async fn replays_what_matches(kind: BrokerKind) {
     bus.cleanup(&config, &output_queues(&config)).await;
 }
 
-on_both_brokers!(replays_what_matches);
+on_both_brokers_and_layouts!(replays_what_matches);

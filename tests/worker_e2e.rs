@@ -5,11 +5,11 @@ mod common;
 
 use common::{
     app::{spawn_ingress, spawn_worker, worker_config},
-    bus::{Bus, Received, on_both_brokers, output_queues},
+    bus::{Bus, Received, on_both_brokers_and_layouts, output_queues},
     pc::{Pc, catalogue, concrete},
     pc_api::{PcApi, Recorded},
 };
-use pcbridge::config::BrokerKind;
+use pcbridge::{config::BrokerKind, contract::destinations::Layout};
 use serde_json::{Value, json};
 use std::{collections::HashMap, time::Duration};
 
@@ -58,12 +58,13 @@ fn serve_resources(api: &PcApi) {
     api.put_fraud("subscriptionid-1", fraud);
 }
 
-async fn end_to_end(kind: BrokerKind) {
+async fn end_to_end(kind: BrokerKind, layout: Layout) {
     let pc = Pc::new().await;
     let bus = Bus::new(kind).await;
     let api = PcApi::start().await;
     serve_resources(&api);
-    let config = worker_config(bus.config(&pc), &api);
+    let config = worker_config(bus.config_with_layout(&pc, layout), &api);
+    let destinations = config.broker.destinations();
     let app = spawn_ingress(config.clone()).await;
     let worker = spawn_worker(&config).await;
     let events = events();
@@ -83,7 +84,7 @@ async fn end_to_end(kind: BrokerKind) {
     assert_eq!(enriched.len(), 24, "one enriched message per catalogue event (got {})", got.len());
     for (name, body) in &events {
         let m = enriched[name];
-        assert_eq!(m.destination, format!("{}{name}.enriched", config.broker.prefix));
+        assert_eq!(m.destination, destinations.enriched(name), "{name} in the {layout} layout");
         let env: Value = serde_json::from_slice(&m.body).expect("envelope is JSON");
         let raw: Value = serde_json::from_slice(body).unwrap();
         assert_eq!(env["eventId"], m.headers["pc-event-id"], "{name}");
@@ -167,4 +168,4 @@ async fn end_to_end(kind: BrokerKind) {
     bus.cleanup(&cfg, &outputs).await;
 }
 
-on_both_brokers!(end_to_end);
+on_both_brokers_and_layouts!(end_to_end);

@@ -11,7 +11,7 @@ use common::{
     pc_api::PcApi,
     wait,
 };
-use pcbridge::{config::BrokerKind, contract::destinations::Destinations};
+use pcbridge::config::BrokerKind;
 use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
@@ -32,7 +32,7 @@ async fn lag_series_follow_the_assignment() {
     // A rebalance in seconds rather than a minute.
     config.kafka.properties.insert("session.timeout.ms".into(), "6000".into());
     config.kafka.properties.insert("heartbeat.interval.ms".into(), "500".into());
-    let d = Destinations::new(config.broker.prefix.clone());
+    let d = config.broker.destinations();
     let topic = d.raw("subscription-updated");
 
     // Events on both partitions, so that each has a committed offset and thus a lag.

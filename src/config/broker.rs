@@ -2,6 +2,7 @@
 //! prefixed, and each broker's connection settings.
 
 use super::{ConfigError, file_exists, invalid};
+use crate::contract::destinations::{Destinations, Layout};
 use super::{Secret, redact_url, secret::scalar_map};
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, fmt};
@@ -30,11 +31,23 @@ pub struct BrokerConfig {
     pub kind: BrokerKind,
     /// Prepended to every destination name: `{prefix}{EventName}`.
     pub prefix: String,
+    /// How events map to destinations: `per-event` (a raw and an enriched destination
+    /// per event name), `per-category` (per family: subscriptions, referrals, gdap, …) or
+    /// `single` (`{prefix}events` and `{prefix}events.enriched`). Ingress, worker and
+    /// `replay` must agree on it.
+    pub layout: Layout,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        Self { kind: BrokerKind::Kafka, prefix: "partnercenter.".into() }
+        Self { kind: BrokerKind::Kafka, prefix: "partnercenter.".into(), layout: Layout::PerEvent }
+    }
+}
+
+impl BrokerConfig {
+    /// The destination names this configuration gives.
+    pub fn destinations(&self) -> Destinations {
+        Destinations::with_layout(self.prefix.clone(), self.layout)
     }
 }
 

@@ -12,7 +12,7 @@ use super::sender::{SendOptions, print_progress, send};
 use super::simulator::{self, Simulator};
 use crate::broker::{self, Consumer};
 use crate::config::{BrokerKind, Config, Secret};
-use crate::contract::{destinations::Destinations, headers};
+use crate::contract::headers;
 use crate::telemetry::Metrics;
 use crate::worker;
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -138,7 +138,7 @@ pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) ->
     let observer = tokio::spawn(observe(
         pipeline.observer.clone(),
         tracker.clone(),
-        Destinations::new(config.broker.prefix.clone()).dead_letter(),
+        config.broker.destinations().dead_letter(),
     ));
     let progress_stop = CancellationToken::new();
     let progress = tokio::spawn(print_progress(tracker.clone(), Duration::from_secs(5), progress_stop.clone()));
@@ -244,7 +244,7 @@ impl Pipeline {
 
         let mut reader = config.clone();
         reader.worker.group_id = "pcbridge-dev-downstream".into();
-        let d = Destinations::new(config.broker.prefix.clone());
+        let d = config.broker.destinations();
         let outputs = d.outputs(&worker::stems(config));
         let observer_metrics = Arc::new(Metrics::new());
         let observer = broker::consume(&reader, outputs, "pcbridge-dev-downstream", observer_metrics.clone())
@@ -346,9 +346,9 @@ async fn observe(consumer: Arc<dyn Consumer>, tracker: Arc<Tracker>, dead_letter
 /// Every destination of the pipeline (created up front in the embedded Kafka, which
 /// has no CreateTopics).
 fn all_destinations(config: &Config) -> Vec<String> {
-    let d = Destinations::new(config.broker.prefix.clone());
+    let d = config.broker.destinations();
     let stems = worker::stems(config);
-    let mut all: Vec<String> = stems.iter().map(|s| d.raw(s)).collect();
+    let mut all = d.sources(&stems);
     all.extend(d.outputs(&stems));
     all
 }

@@ -59,7 +59,7 @@ impl IngressState {
         Self {
             verifier,
             publisher,
-            destinations: Destinations::new(config.broker.prefix.clone()),
+            destinations: config.broker.destinations(),
             source: config.partner_center.base_url.clone(),
             max_body_bytes: config.ingress.max_body_bytes,
             body_budget: Arc::new(Semaphore::new(config.ingress.max_buffered_body_bytes.min(Semaphore::MAX_PERMITS))),

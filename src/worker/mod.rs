@@ -87,7 +87,7 @@ impl WorkerState {
             enricher,
             publisher,
             consumer,
-            destinations: Destinations::new(config.broker.prefix.clone()),
+            destinations: config.broker.destinations(),
             source: pc.base_url.clone(),
             dedup: Mutex::new(Dedup::new(
                 Duration::from_secs(config.worker.dedup_window_secs),

@@ -3,7 +3,7 @@
 
 use super::{WorkerState, run};
 use crate::config::Config;
-use crate::contract::destinations::{Destinations, all_stems};
+use crate::contract::destinations::all_stems;
 use crate::partner_center::event::needs_api;
 use crate::shutdown::CancellationToken;
 use crate::telemetry::Metrics;
@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 /// The event names a worker handles, as destination stems: `worker.events`, or every
 /// catalogue event plus `unrecognized`.
 pub fn stems(config: &Config) -> Vec<String> {
-    let d = Destinations::new(config.broker.prefix.clone());
+    let d = config.broker.destinations();
     let names: Vec<&str> = if config.worker.events.is_empty() {
         all_stems().collect()
     } else {
@@ -25,17 +25,22 @@ pub fn stems(config: &Config) -> Vec<String> {
     stems
 }
 
-/// The raw destinations a worker consumes: `{prefix}{stem}` for each of [`stems`].
+/// The raw destinations a worker consumes: those holding [`stems`], once each. In a
+/// shared layout (`per-category`, `single`) a worker reads whole destinations, so it
+/// enriches every event in them, named in `worker.events` or not.
 pub fn sources(config: &Config) -> Vec<String> {
-    let d = Destinations::new(config.broker.prefix.clone());
-    stems(config).iter().map(|s| d.raw(s)).collect()
+    config.broker.destinations().sources(&stems(config))
 }
 
 /// The credential keys a worker lacks, as the operator sets them; empty when it has them
 /// or when none of its events calls an API (a DAP-only worker). Without them every
 /// event would be dead-lettered as `permanent`, so the worker refuses to start instead.
 pub fn missing_credentials(config: &Config) -> Vec<&'static str> {
-    if !stems(config).iter().any(|s| needs_api(s)) {
+    // In a shared layout the worker reads every event of its destinations.
+    let d = config.broker.destinations();
+    let sources = sources(config);
+    let mut read = all_stems().map(str::to_string).chain(stems(config)).filter(|s| sources.contains(&d.raw(s)));
+    if !read.any(|s| needs_api(&s)) {
         return Vec::new();
     }
     let pc = &config.partner_center;

@@ -175,7 +175,7 @@ impl TestApp {
     }
 
     pub fn destinations(&self) -> Destinations {
-        Destinations::new(self.config.broker.prefix.clone())
+        self.config.broker.destinations()
     }
 
     /// Stops the ingress and waits for it to drain.

@@ -14,7 +14,7 @@ use lapin::{
     types::FieldTable,
 };
 use pcbridge::config::Config;
-use pcbridge::{contract::destinations::Destinations, partner_center::event::event_id};
+use pcbridge::partner_center::event::event_id;
 use serde_json::json;
 use std::{
     collections::{HashMap, HashSet},
@@ -162,7 +162,7 @@ impl Rig {
     }
 
     async fn look(&self, sent: &Sent) -> Report {
-        let d = Destinations::new(self.config.broker.prefix.clone());
+        let d = self.config.broker.destinations();
         let ours = |body: &[u8], headers: &std::collections::BTreeMap<String, String>| {
             String::from_utf8_lossy(body).contains(&self.run).then(|| headers.get("pc-event-id").cloned()).flatten()
         };

@@ -9,7 +9,7 @@ use super::{app::config_trusting, pc::Pc};
 use lapin::Connection;
 use pcbridge::{
     config::{BrokerKind, Config},
-    contract::destinations::{Destinations, all_stems},
+    contract::destinations::{Layout, all_stems},
 };
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
@@ -37,6 +37,50 @@ macro_rules! on_both_brokers {
 #[allow(unused_imports, reason = "compiled into every test binary, used by some")]
 pub(crate) use on_both_brokers;
 
+/// Runs `async fn $test(kind: BrokerKind, layout: Layout)` on each broker with each
+/// destination layout: a module `$test` with `kafka_per_event`, `kafka_per_category`,
+/// `kafka_single` and the same three on `rabbitmq_…`.
+#[allow(unused_macros, reason = "compiled into every test binary, used by some")]
+macro_rules! on_both_brokers_and_layouts {
+    ($test:ident) => {
+        mod $test {
+            use pcbridge::{config::BrokerKind, contract::destinations::Layout};
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn kafka_per_event() {
+                super::$test(BrokerKind::Kafka, Layout::PerEvent).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn kafka_per_category() {
+                super::$test(BrokerKind::Kafka, Layout::PerCategory).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn kafka_single() {
+                super::$test(BrokerKind::Kafka, Layout::Single).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rabbitmq_per_event() {
+                super::$test(BrokerKind::Rabbitmq, Layout::PerEvent).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rabbitmq_per_category() {
+                super::$test(BrokerKind::Rabbitmq, Layout::PerCategory).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rabbitmq_single() {
+                super::$test(BrokerKind::Rabbitmq, Layout::Single).await;
+            }
+        }
+    };
+}
+#[allow(unused_imports, reason = "compiled into every test binary, used by some")]
+pub(crate) use on_both_brokers_and_layouts;
+
 /// A unique destination prefix for one test.
 pub fn unique_prefix() -> String {
     format!("pctest-{}.", &uuid::Uuid::new_v4().simple().to_string()[..10])
@@ -44,7 +88,7 @@ pub fn unique_prefix() -> String {
 
 /// Output destinations of a test (enriched for every catalogue event, and dead letters).
 pub fn output_queues(config: &Config) -> Vec<String> {
-    Destinations::new(config.broker.prefix.clone()).outputs(&all_stems().collect::<Vec<_>>())
+    config.broker.destinations().outputs(&all_stems().collect::<Vec<_>>())
 }
 
 /// A message as read back from a broker.
@@ -94,12 +138,22 @@ impl Bus {
         self.config_trusting(&pc.certs.prefix, &pc.anchors_file)
     }
 
+    /// [`Bus::config`] with the destination layout `layout`.
+    pub fn config_with_layout(&self, pc: &Pc, layout: Layout) -> Config {
+        self.configured(config_trusting(self.kind(), &pc.certs.prefix, &pc.anchors_file, &self.bootstrap()), layout)
+    }
+
     /// [`Bus::config`] for an ingress that trusts another certificate source (the
     /// product's own simulator).
     pub fn config_trusting(&self, prefix: &str, anchors_file: &Path) -> Config {
-        let c = config_trusting(self.kind(), prefix, anchors_file, &self.bootstrap());
+        self.configured(config_trusting(self.kind(), prefix, anchors_file, &self.bootstrap()), Layout::PerEvent)
+    }
+
+    /// `c` with `layout`, its topics created in the mock Kafka cluster.
+    pub fn configured(&self, mut c: Config, layout: Layout) -> Config {
+        c.broker.layout = layout;
         if let Bus::Kafka(mock) = self {
-            let d = Destinations::new(c.broker.prefix.clone());
+            let d = c.broker.destinations();
             for topic in d.all_raw().into_iter().chain(output_queues(&c)) {
                 mock.create_topic(&topic, c.kafka.partitions, 1).expect("mock topic");
             }
@@ -168,6 +222,6 @@ impl Bus {
 
 /// The test's raw destinations, and `extra`.
 fn raw_and(config: &Config, extra: &[String]) -> Vec<String> {
-    let d = Destinations::new(config.broker.prefix.clone());
+    let d = config.broker.destinations();
     d.all_raw().into_iter().chain(extra.iter().cloned()).collect()
 }

@@ -7,7 +7,7 @@ use lapin::{
     options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions},
     types::{AMQPValue, FieldTable},
 };
-use pcbridge::{config::Config, contract::destinations::Destinations};
+use pcbridge::config::Config;
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
@@ -125,7 +125,7 @@ pub async fn drain_settled(conn: &Connection, queues: &[String], expect: usize, 
 /// Deletes a test's queues (its raw destinations and `extra_queues`) and exchange.
 pub async fn cleanup(conn: &Connection, config: &Config, extra_queues: &[String]) {
     let channel = conn.create_channel().await.expect("channel");
-    let d = Destinations::new(config.broker.prefix.clone());
+    let d = config.broker.destinations();
     for q in d.all_raw().iter().chain(extra_queues) {
         let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
     }
