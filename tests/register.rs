@@ -97,13 +97,7 @@ async fn register_manages_the_registration_and_follows_test_events() {
     };
     ok(&status, &format!("test event {id}: completed"));
     assert!(status.stdout.contains("attempt 1: ") && status.stdout.contains("test-created → 200"), "{}", status.stdout);
-    let raw = bus
-        .read(
-            &config.broker.destinations().raw("test-created"),
-            1,
-            Duration::from_secs(10),
-        )
-        .await;
+    let raw = bus.read(&config.broker.destinations().raw("test-created"), 1, Duration::from_secs(10)).await;
     assert_eq!(raw.len(), 1, "the test event was published by the ingress");
     assert!(String::from_utf8_lossy(&raw[0].body).contains(&id));
 

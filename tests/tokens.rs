@@ -76,3 +76,24 @@ fn the_worker_consumes_the_configured_subset() {
         vec!["partnercenter.referral-created".to_string(), "partnercenter.subscription-updated".to_string()]
     );
 }
+
+/// Workload identity: the federated token file is the client assertion, read again for
+/// every request (Kubernetes rotates it); the token comes with its expiry (what
+/// librdkafka's OAUTHBEARER callback needs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_identity_signs_in_with_the_federated_token_file() {
+    let api = PcApi::start().await;
+    pcbridge::partner_center::install_crypto_provider();
+    let file = common::app::temp_file("federated-token", "stale-token");
+    let tokens = TokenProvider::new(reqwest::Client::new(), &api.base, "tenant-1", pc_api::CLIENT_ID, None, None)
+        .with_federated_token_file(&file);
+    let scope = "https://ns.servicebus.windows.net/.default";
+    let e = tokens.token(Grant::ClientCredentials, scope).await.expect_err("a stale assertion is refused");
+    assert!(!e.transient, "{e}");
+    std::fs::write(&file, format!("{}\n", pc_api::FEDERATED_TOKEN)).expect("rotate the file");
+    let (token, expires_at) = tokens.token_expiring(Grant::ClientCredentials, scope).await.expect("token");
+    assert!(token.expose().starts_with("tok-"));
+    let lifetime = expires_at.duration_since(std::time::SystemTime::now()).expect("in the future");
+    assert!(lifetime > Duration::from_secs(3500) && lifetime <= Duration::from_secs(3599), "{lifetime:?}");
+    assert_eq!(api.token_requests(), vec![("client_credentials".to_string(), scope.to_string()); 2]);
+}

@@ -2,8 +2,8 @@
 //! prefixed, and each broker's connection settings.
 
 use super::{ConfigError, file_exists, invalid};
-use crate::contract::destinations::{Destinations, Layout};
 use super::{Secret, redact_url, secret::scalar_map};
+use crate::contract::destinations::{Destinations, Layout};
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, fmt};
 
@@ -67,6 +67,8 @@ pub struct KafkaConfig {
     /// `.`: `PCBRIDGE_KAFKA__PROPERTIES__SASL_PASSWORD` sets `sasl.password`.
     #[serde(deserialize_with = "scalar_map")]
     pub properties: BTreeMap<String, String>,
+    /// Signing in to Azure Event Hubs' Kafka endpoint.
+    pub event_hubs: EventHubsConfig,
 }
 
 impl Default for KafkaConfig {
@@ -77,8 +79,65 @@ impl Default for KafkaConfig {
             partitions: 6,
             replication_factor: 3,
             properties: BTreeMap::new(),
+            event_hubs: EventHubsConfig::default(),
         }
     }
+}
+
+/// How pcbridge signs in to Event Hubs (docs/azure.md).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventHubsSignIn {
+    /// Not Event Hubs, or signed in by `kafka.properties` alone.
+    #[default]
+    None,
+    /// Shared access: SASL PLAIN with `$ConnectionString` and the namespace's
+    /// connection string.
+    ConnectionString,
+    /// Entra ID: SASL OAUTHBEARER with tokens pcbridge obtains and renews.
+    EntraId,
+}
+
+/// Which Entra ID credential gets the Event Hubs tokens.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntraCredential {
+    /// An app's client secret: `kafka.event_hubs.client_*`, else the Partner Center app.
+    #[default]
+    ClientCredentials,
+    /// AKS workload identity: the federated token file (`AZURE_FEDERATED_TOKEN_FILE`),
+    /// `AZURE_CLIENT_ID` and `AZURE_TENANT_ID`, as the webhook injects them.
+    WorkloadIdentity,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventHubsConfig {
+    /// `none`, `connection-string` or `entra-id`.
+    pub sign_in: EventHubsSignIn,
+    /// The namespace's connection string, only from the environment
+    /// (`PCBRIDGE_KAFKA__EVENT_HUBS__CONNECTION_STRING`); refused in config.toml.
+    #[serde(skip_serializing)]
+    pub connection_string: Secret,
+    /// A file holding the connection string (a mounted Secret).
+    pub connection_string_file: String,
+    /// Entra ID: `client-credentials` or `workload-identity`.
+    pub credential: EntraCredential,
+    /// Entra ID tenant; empty: `partner_center.tenant_id` (client credentials) or
+    /// `AZURE_TENANT_ID` (workload identity).
+    pub tenant_id: String,
+    /// Entra ID app; empty: `partner_center.client_id` or `AZURE_CLIENT_ID`.
+    pub client_id: String,
+    /// That app's secret, only from the environment
+    /// (`PCBRIDGE_KAFKA__EVENT_HUBS__CLIENT_SECRET`); empty with `client_id` empty: the
+    /// Partner Center app's.
+    #[serde(skip_serializing)]
+    pub client_secret: Secret,
+    /// A file holding that app's secret.
+    pub client_secret_file: String,
+    /// Token scope; empty: `https://{namespace}.servicebus.windows.net/.default`, the
+    /// namespace taken from `kafka.bootstrap_servers`.
+    pub scope: String,
 }
 
 /// librdkafka properties that hold secrets: refused in config.toml, redacted in `Debug`.
@@ -101,11 +160,28 @@ impl fmt::Debug for KafkaConfig {
             .field("partitions", &self.partitions)
             .field("replication_factor", &self.replication_factor)
             .field("properties", &properties)
+            .field("event_hubs", &self.event_hubs)
             .finish()
     }
 }
 
 impl KafkaConfig {
+    /// The Event Hubs namespace host (`{namespace}.servicebus.windows.net`) of the first
+    /// bootstrap server, if it is one.
+    pub fn event_hubs_namespace(&self) -> Option<&str> {
+        let first = self.bootstrap_servers.split(',').next()?.trim();
+        let host = first.rsplit_once(':').map_or(first, |(host, _)| host);
+        host.ends_with(".servicebus.windows.net").then_some(host)
+    }
+
+    /// The Entra ID scope of Event Hubs tokens.
+    pub fn event_hubs_scope(&self) -> Option<String> {
+        if !self.event_hubs.scope.is_empty() {
+            return Some(self.event_hubs.scope.clone());
+        }
+        self.event_hubs_namespace().map(|host| format!("https://{host}/.default"))
+    }
+
     /// The passthrough properties with environment-style keys (`sasl_password`)
     /// normalised to librdkafka's dotted names (`sasl.password`).
     pub fn normalized_properties(&self) -> BTreeMap<String, String> {
@@ -177,6 +253,24 @@ impl KafkaConfig {
         }
         if self.replication_factor < 1 && self.replication_factor != -1 {
             return invalid("kafka.replication_factor", "must be at least 1 (or -1 for the broker's default)");
+        }
+        let hubs = &self.event_hubs;
+        file_exists("kafka.event_hubs.connection_string_file", &hubs.connection_string_file)?;
+        file_exists("kafka.event_hubs.client_secret_file", &hubs.client_secret_file)?;
+        if hubs.sign_in == EventHubsSignIn::ConnectionString
+            && hubs.connection_string.is_empty()
+            && hubs.connection_string_file.is_empty()
+        {
+            return invalid(
+                "kafka.event_hubs.connection_string_file",
+                "sign_in = \"connection-string\" needs the connection string: set PCBRIDGE_KAFKA__EVENT_HUBS__CONNECTION_STRING or this file",
+            );
+        }
+        if hubs.sign_in == EventHubsSignIn::EntraId && hubs.scope.is_empty() && self.event_hubs_namespace().is_none() {
+            return invalid(
+                "kafka.event_hubs.scope",
+                "is empty and kafka.bootstrap_servers names no *.servicebus.windows.net namespace to derive it from",
+            );
         }
         Ok(())
     }

@@ -23,7 +23,10 @@ mod signature;
 mod tests;
 mod worker;
 
-pub use broker::{BrokerConfig, BrokerKind, KafkaConfig, QueueType, RabbitMqConfig, SECRET_KAFKA_PROPERTIES};
+pub use broker::{
+    BrokerConfig, BrokerKind, EntraCredential, EventHubsConfig, EventHubsSignIn, KafkaConfig, QueueType,
+    RabbitMqConfig, SECRET_KAFKA_PROPERTIES,
+};
 pub use ingress::IngressConfig;
 pub use process::{AdminConfig, LogConfig, LogFormat, ShutdownConfig};
 pub use secret::Secret;

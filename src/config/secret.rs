@@ -79,6 +79,23 @@ impl Config {
         read_secret(&pc.client_secret, &pc.client_secret_file, "partner_center.client_secret_file")
     }
 
+    /// The Event Hubs connection string, if configured (environment, else file).
+    pub fn event_hubs_connection_string(&self) -> Result<Option<Secret>, ConfigError> {
+        let h = &self.kafka.event_hubs;
+        read_secret(&h.connection_string, &h.connection_string_file, "kafka.event_hubs.connection_string_file")
+    }
+
+    /// The client secret of the app that gets Event Hubs tokens: its own (environment,
+    /// else file), else — when no other app is named — the Partner Center app's.
+    pub fn event_hubs_client_secret(&self) -> Result<Option<Secret>, ConfigError> {
+        let h = &self.kafka.event_hubs;
+        match read_secret(&h.client_secret, &h.client_secret_file, "kafka.event_hubs.client_secret_file")? {
+            Some(secret) => Ok(Some(secret)),
+            None if h.client_id.is_empty() => self.client_secret(),
+            None => Ok(None),
+        }
+    }
+
     /// The App+User refresh token, if configured (environment, else file).
     pub fn refresh_token(&self) -> Result<Option<Secret>, ConfigError> {
         let pc = &self.partner_center;

@@ -218,7 +218,10 @@ mod tests {
         let raw = per_category.all_raw();
         assert_eq!(raw.len(), CATEGORIES.len(), "every family has a catalogue event: {raw:?}");
         assert!(CATEGORIES.iter().all(|c| raw.contains(&format!("p.{c}"))));
-        assert_eq!(per_category.outputs(&["referral-created", "referral-updated"]), ["p.referrals.enriched", "p.dead-letter"]);
+        assert_eq!(
+            per_category.outputs(&["referral-created", "referral-updated"]),
+            ["p.referrals.enriched", "p.dead-letter"]
+        );
 
         let single = Destinations::with_layout("p.", Layout::Single);
         assert_eq!(single.all_raw(), ["p.events"]);

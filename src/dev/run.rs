@@ -135,11 +135,8 @@ pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) ->
     );
 
     let tracker = Arc::new(Tracker::new(true, !args.quiet));
-    let observer = tokio::spawn(observe(
-        pipeline.observer.clone(),
-        tracker.clone(),
-        config.broker.destinations().dead_letter(),
-    ));
+    let observer =
+        tokio::spawn(observe(pipeline.observer.clone(), tracker.clone(), config.broker.destinations().dead_letter()));
     let progress_stop = CancellationToken::new();
     let progress = tokio::spawn(print_progress(tracker.clone(), Duration::from_secs(5), progress_stop.clone()));
     let send_options = SendOptions {

@@ -1,13 +1,16 @@
-//! Entra ID access tokens: client credentials (app-only) or refresh token (App+User), per
-//! scope, cached and refreshed before they expire, one request at a time per scope
-//! (single flight) however many calls need a token at once. Tokens are never logged.
+//! Entra ID access tokens: client credentials (app-only, with a client secret or, for
+//! workload identity, the federated token file Kubernetes mounts) or refresh token
+//! (App+User), per scope, cached and refreshed before they expire, one request at a time
+//! per scope (single flight) however many calls need a token at once. The Partner Center
+//! and Graph calls and the Event Hubs sign-in share this code. Tokens are never logged.
 
 use crate::config::Secret;
 use serde::Deserialize;
 use std::{
     collections::HashMap,
+    path::PathBuf,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 /// How a token is obtained.
@@ -37,6 +40,8 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 struct Cached {
     token: Secret,
     refresh_at: Instant,
+    /// When Entra ID says the token expires (what librdkafka is told).
+    expires_at: SystemTime,
 }
 
 /// Fetches and caches tokens. Clones share one cache.
@@ -50,6 +55,9 @@ struct Inner {
     token_url: String,
     client_id: String,
     client_secret: Option<Secret>,
+    /// Workload identity: a file holding a federated token (a JWT Kubernetes rotates),
+    /// presented as the client assertion instead of a secret; read on every request.
+    federated_token_file: Option<PathBuf>,
     /// The current refresh token; Entra ID may rotate it on every use.
     refresh_token: Mutex<Option<Secret>>,
     cache: Mutex<HashMap<Key, Cached>>,
@@ -93,6 +101,7 @@ impl TokenProvider {
                 token_url: format!("{}/{}/oauth2/v2.0/token", token_base_url.trim_end_matches('/'), tenant_id),
                 client_id: client_id.to_string(),
                 client_secret,
+                federated_token_file: None,
                 refresh_token: Mutex::new(refresh_token),
                 cache: Mutex::default(),
                 flights: Mutex::default(),
@@ -109,8 +118,22 @@ impl TokenProvider {
         self
     }
 
+    /// Signs in with the federated token in `file` (workload identity: AKS mounts it at
+    /// `AZURE_FEDERATED_TOKEN_FILE`) when there is no client secret.
+    pub fn with_federated_token_file(mut self, file: impl Into<PathBuf>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.federated_token_file = Some(file.into());
+        }
+        self
+    }
+
     /// A valid token for `scope`.
     pub async fn token(&self, grant: Grant, scope: &str) -> Result<Secret, TokenError> {
+        Ok(self.token_expiring(grant, scope).await?.0)
+    }
+
+    /// A valid token for `scope`, and when it expires.
+    pub async fn token_expiring(&self, grant: Grant, scope: &str) -> Result<(Secret, SystemTime), TokenError> {
         let key = (grant, scope.to_string());
         if let Some(t) = self.cached(&key) {
             return Ok(t);
@@ -129,12 +152,13 @@ impl TokenProvider {
         }
         let (token, lifetime) = result?;
         let refresh_at = Instant::now() + lifetime.saturating_sub(REFRESH_MARGIN.min(lifetime / 2));
+        let expires_at = SystemTime::now() + lifetime;
         self.inner
             .cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, Cached { token: token.clone(), refresh_at });
-        Ok(token)
+            .insert(key, Cached { token: token.clone(), refresh_at, expires_at });
+        Ok((token, expires_at))
     }
 
     /// Forgets the token for `scope` (after the API answered 401 with it).
@@ -142,21 +166,32 @@ impl TokenProvider {
         self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(&(grant, scope.to_string()));
     }
 
-    fn cached(&self, key: &Key) -> Option<Secret> {
+    fn cached(&self, key: &Key) -> Option<(Secret, SystemTime)> {
         let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(key).filter(|c| Instant::now() < c.refresh_at).map(|c| c.token.clone())
+        cache.get(key).filter(|c| Instant::now() < c.refresh_at).map(|c| (c.token.clone(), c.expires_at))
     }
 
     async fn request(&self, grant: Grant, scope: &str) -> Result<(Secret, Duration), TokenError> {
         let permanent = |m: String| TokenError { message: m, transient: false };
-        let secret = self.inner.client_secret.as_ref().ok_or_else(|| {
-            permanent("no client secret configured (PCBRIDGE_PARTNER_CENTER__CLIENT_SECRET or partner_center.client_secret_file)".into())
-        })?;
-        let mut form: Vec<(&str, String)> = vec![
-            ("client_id", self.inner.client_id.clone()),
-            ("client_secret", secret.expose().to_string()),
-            ("scope", scope.to_string()),
-        ];
+        let mut form: Vec<(&str, String)> =
+            vec![("client_id", self.inner.client_id.clone()), ("scope", scope.to_string())];
+        match (&self.inner.client_secret, &self.inner.federated_token_file) {
+            (Some(secret), _) => form.push(("client_secret", secret.expose().to_string())),
+            (None, Some(file)) => {
+                // Kubernetes rotates the file: read it for every request.
+                let assertion = std::fs::read_to_string(file).map_err(|e| TokenError {
+                    message: format!("cannot read the federated token file {}: {e}", file.display()),
+                    transient: true,
+                })?;
+                form.push(("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()));
+                form.push(("client_assertion", assertion.trim().to_string()));
+            }
+            (None, None) => {
+                return Err(permanent(
+                    "no client secret configured (PCBRIDGE_PARTNER_CENTER__CLIENT_SECRET or partner_center.client_secret_file)".into(),
+                ));
+            }
+        }
         match grant {
             Grant::ClientCredentials => form.push(("grant_type", "client_credentials".into())),
             Grant::RefreshToken => {

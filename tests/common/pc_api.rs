@@ -21,6 +21,8 @@ use tokio::net::TcpListener;
 pub const CLIENT_ID: &str = "test-client";
 pub const CLIENT_SECRET: &str = "test-client-secret-DO-NOT-LOG";
 pub const REFRESH_TOKEN: &str = "test-refresh-token-DO-NOT-LOG";
+/// The federated token (workload identity's client assertion) the stand-in accepts.
+pub const FEDERATED_TOKEN: &str = "eyJ.federated-token-DO-NOT-LOG.sig";
 pub const PC_SCOPE: &str = "https://api.partnercenter.microsoft.com/.default";
 pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 
@@ -222,8 +224,11 @@ fn token(world: &Arc<Mutex<World>>, body: &[u8]) -> Response {
         w.failing_token_endpoint -= 1;
         return (StatusCode::SERVICE_UNAVAILABLE, "token endpoint down").into_response();
     }
-    let ok_client = form.get("client_id").map(String::as_str) == Some(CLIENT_ID)
-        && form.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET);
+    let field = |k: &str| form.get(k).map(String::as_str);
+    let ok_client = field("client_id") == Some(CLIENT_ID)
+        && (field("client_secret") == Some(CLIENT_SECRET)
+            || (field("client_assertion_type") == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                && field("client_assertion") == Some(FEDERATED_TOKEN)));
     let ok_grant = match grant.as_str() {
         "client_credentials" => true,
         "refresh_token" => form.get("refresh_token").map(String::as_str) == Some(REFRESH_TOKEN),

@@ -1,6 +1,7 @@
 //! librdkafka client settings, in one order of precedence for every client, and the
 //! client-error handling the producer and the consumer share.
 
+use super::sign_in::SignIn;
 use crate::config::Config;
 use rdkafka::{
     ClientConfig,
@@ -14,7 +15,7 @@ const ENFORCED: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "al
 
 /// The producer's settings: pcbridge's defaults, then the user's passthrough
 /// properties, then [`ENFORCED`] (with a warning when the user asked otherwise).
-pub(super) fn producer_config(config: &Config, client_name: &str) -> ClientConfig {
+pub(super) fn producer_config(config: &Config, client_name: &str, sign_in: &SignIn) -> ClientConfig {
     let publish_timeout = config.ingress.publish_timeout().as_millis();
     // librdkafka gives up on a record when the ingress does, so a 503'd event is not
     // delivered later behind the sender's back.
@@ -23,15 +24,17 @@ pub(super) fn producer_config(config: &Config, client_name: &str) -> ClientConfi
         ("message.timeout.ms", publish_timeout.to_string()),
         ("request.timeout.ms", publish_timeout.clamp(1, 30_000).to_string()),
     ];
-    client_config(config, client_name, &defaults, ENFORCED)
+    client_config(config, client_name, sign_in, &defaults, ENFORCED)
 }
 
 /// A client's settings, in order of precedence: `bootstrap.servers` and `client.id`,
-/// then the role's `defaults`, then the user's `kafka.properties`, then `enforced` —
-/// what the delivery guarantee rests on, which the user's properties cannot turn off.
+/// then the role's `defaults` and the Event Hubs sign-in, then the user's
+/// `kafka.properties`, then `enforced` — what the delivery guarantee rests on, which the
+/// user's properties cannot turn off.
 pub(super) fn client_config(
     config: &Config,
     client_name: &str,
+    sign_in: &SignIn,
     defaults: &[(&str, String)],
     enforced: &[(&str, &str)],
 ) -> ClientConfig {
@@ -39,6 +42,9 @@ pub(super) fn client_config(
     cc.set("bootstrap.servers", &config.kafka.bootstrap_servers).set("client.id", client_name);
     for (k, v) in defaults {
         cc.set(*k, v);
+    }
+    for (k, v) in sign_in.settings() {
+        cc.set(k, v);
     }
     for (k, v) in config.kafka.normalized_properties() {
         cc.set(k, v);
@@ -57,8 +63,8 @@ pub(super) fn client_config(
 }
 
 /// Settings of the clients with no role-specific ones (admin, `check`).
-pub(super) fn base_client_config(config: &Config, client_name: &str) -> ClientConfig {
-    client_config(config, client_name, &[], &[])
+pub(super) fn base_client_config(config: &Config, client_name: &str, sign_in: &SignIn) -> ClientConfig {
+    client_config(config, client_name, sign_in, &[], &[])
 }
 
 /// A librdkafka client error: every broker down clears the readiness flag (set again

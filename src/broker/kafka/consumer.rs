@@ -11,6 +11,7 @@
 
 use super::config::{client_config, client_error};
 use super::offsets::OffsetTracker;
+use super::sign_in::{SignIn, SignInContext};
 use crate::broker::{AckInner, AckToken, Consumer, Delivery, SetupError};
 use crate::config::Config;
 use crate::contract::cloud_event::{self, CloudEvent};
@@ -44,9 +45,16 @@ pub(crate) struct GroupContext {
     /// reporting a partition's lag after it was revoked (from its last known offsets), so
     /// lag is exported only for these: another replica reports the rest.
     assigned: std::sync::Mutex<HashSet<(String, i32)>>,
+    sign_in: SignIn,
 }
 
 impl ClientContext for GroupContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(&self, _: Option<&str>) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.sign_in.token()
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         client_error(&self.ready, error, reason, "consumer");
     }
@@ -131,13 +139,15 @@ impl KafkaConsumer {
             ("topic.metadata.refresh.interval.ms", "10000".to_string()),
         ];
         // Offsets are stored by `ack` alone, for finished work only.
-        let cc = client_config(config, client_name, &defaults, &[("enable.auto.offset.store", "false")]);
+        let sign_in = SignIn::from_config(config)?;
+        let cc = client_config(config, client_name, &sign_in, &defaults, &[("enable.auto.offset.store", "false")]);
         let context = GroupContext {
             tracker: tracker.clone(),
             drain: config.shutdown.drain_deadline(),
             ready: ready.clone(),
             metrics,
             assigned: Default::default(),
+            sign_in,
         };
         let consumer: BaseConsumer<GroupContext> =
             cc.create_with_context(context).map_err(|e| SetupError::Config(format!("kafka consumer: {e}")))?;
@@ -266,7 +276,7 @@ impl Consumer for KafkaConsumer {
 /// began. No consumer
 /// group offsets are committed: the read changes nothing.
 pub(crate) struct KafkaBacklog {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<SignInContext>>,
     /// Partition → end offset (exclusive) still to reach.
     remaining: HashMap<i32, i64>,
     size: u64,
@@ -282,9 +292,12 @@ impl KafkaBacklog {
             ("enable.auto.commit", "false".to_string()),
             ("enable.auto.offset.store", "false".to_string()),
         ];
-        let cc = client_config(config, "pcbridge-replay", &defaults, &[]);
-        let consumer: Arc<StreamConsumer> =
-            Arc::new(cc.create().map_err(|e| SetupError::Config(format!("kafka consumer: {e}")))?);
+        let sign_in = SignIn::from_config(config)?;
+        let cc = client_config(config, "pcbridge-replay", &sign_in, &defaults, &[]);
+        let consumer: Arc<StreamConsumer<SignInContext>> = Arc::new(
+            cc.create_with_context(SignInContext(sign_in))
+                .map_err(|e| SetupError::Config(format!("kafka consumer: {e}")))?,
+        );
         let (c, topic_name) = (consumer.clone(), topic.to_string());
         let plan = tokio::task::spawn_blocking(move || plan(&c, &topic_name))
             .await
@@ -307,7 +320,7 @@ impl KafkaBacklog {
 }
 
 /// (partition, first offset, end offset) of every partition of `topic`.
-fn plan(consumer: &StreamConsumer, topic: &str) -> Result<Vec<(i32, i64, i64)>, SetupError> {
+fn plan(consumer: &StreamConsumer<SignInContext>, topic: &str) -> Result<Vec<(i32, i64, i64)>, SetupError> {
     let timeout = Duration::from_secs(10);
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)

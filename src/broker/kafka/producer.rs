@@ -6,6 +6,7 @@
 //! internal retries from duplicating or reordering records within a partition.
 
 use super::config::{base_client_config, client_error, producer_config};
+use super::sign_in::{SignIn, SignInContext};
 use crate::broker::{Message, PublishError, Publisher, SetupError};
 use crate::config::Config;
 use crate::contract::cloud_event::KAFKA;
@@ -13,7 +14,7 @@ use crate::telemetry::Metrics;
 use rdkafka::{
     ClientContext,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
+    client::OAuthToken,
     error::{KafkaError, RDKafkaErrorCode},
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer, ProducerContext},
@@ -33,11 +34,18 @@ pub(crate) struct ReadinessContext {
     /// Cleared when librdkafka reports every broker down; set again by the probe or by
     /// the next successful delivery. Shared with [`Kafka`], read by `/readyz`.
     ready: Arc<AtomicBool>,
+    sign_in: SignIn,
 }
 
 impl ClientContext for ReadinessContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
     fn error(&self, error: KafkaError, reason: &str) {
         client_error(&self.ready, error, reason, "producer");
+    }
+
+    fn generate_oauth_token(&self, _: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        self.sign_in.token()
     }
 }
 
@@ -49,7 +57,7 @@ impl ProducerContext for ReadinessContext {
 /// The Kafka side of [`Publisher`].
 pub(crate) struct Kafka {
     producer: FutureProducer<ReadinessContext>,
-    admin: AdminClient<DefaultClientContext>,
+    admin: AdminClient<SignInContext>,
     /// Topics known to exist, so a topic is created at most once per process and the
     /// hot path takes only a read lock.
     known_topics: RwLock<HashSet<String>>,
@@ -69,13 +77,14 @@ impl Kafka {
     /// Builds the producer and admin client; connection happens in the background.
     pub(crate) fn connect(config: &Config, client_name: &str, metrics: Arc<Metrics>) -> Result<Self, SetupError> {
         let publish_timeout = config.ingress.publish_timeout();
-        let cc = producer_config(config, client_name);
+        let sign_in = SignIn::from_config(config)?;
+        let cc = producer_config(config, client_name, &sign_in);
         let ready = Arc::new(AtomicBool::new(false));
         let producer: FutureProducer<ReadinessContext> = cc
-            .create_with_context(ReadinessContext { ready: ready.clone() })
+            .create_with_context(ReadinessContext { ready: ready.clone(), sign_in: sign_in.clone() })
             .map_err(|e| SetupError::Config(format!("kafka producer: {e} (check kafka.properties)")))?;
-        let admin: AdminClient<DefaultClientContext> = base_client_config(config, client_name)
-            .create()
+        let admin: AdminClient<SignInContext> = base_client_config(config, client_name, &sign_in)
+            .create_with_context(SignInContext(sign_in))
             .map_err(|e| SetupError::Config(format!("kafka admin client: {e}")))?;
         let kafka = Kafka {
             producer,
@@ -193,9 +202,11 @@ const CREATE_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Fetches cluster metadata once: proves the brokers are reachable and the credentials work.
 pub(crate) async fn probe(config: &Config) -> Result<String, SetupError> {
-    let producer: rdkafka::producer::BaseProducer = base_client_config(config, "pcbridge-check")
-        .create()
-        .map_err(|e| SetupError::Config(format!("kafka client: {e} (check kafka.properties)")))?;
+    let sign_in = SignIn::from_config(config)?;
+    let producer: rdkafka::producer::BaseProducer<SignInContext> =
+        base_client_config(config, "pcbridge-check", &sign_in)
+            .create_with_context(SignInContext(sign_in))
+            .map_err(|e| SetupError::Config(format!("kafka client: {e} (check kafka.properties)")))?;
     let servers = config.kafka.bootstrap_servers.clone();
     tokio::task::spawn_blocking(move || {
         let metadata = producer
@@ -342,7 +353,7 @@ mod tests {
         config.kafka.properties.insert("acks".into(), "1".into());
         config.kafka.properties.insert("enable.idempotence".into(), "false".into());
         config.kafka.properties.insert("linger.ms".into(), "7".into());
-        let cc = producer_config(&config, "test");
+        let cc = producer_config(&config, "test", &SignIn::default());
         assert_eq!(cc.get("acks"), Some("all"));
         assert_eq!(cc.get("enable.idempotence"), Some("true"));
         assert_eq!(cc.get("linger.ms"), Some("7"), "other properties pass through");
