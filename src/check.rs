@@ -40,15 +40,57 @@ pub async fn run(config: &Config, config_source: &str, certificate_url: Option<&
             config.broker.kind, config.broker.prefix
         ),
     }];
-    checks.push(match broker::probe(config).await {
+    let broker = match broker::probe(config).await {
         Ok(detail) => Check { name: "broker", ok: Some(true), detail },
         Err(e) => Check { name: "broker", ok: Some(false), detail: e.to_string() },
-    });
+    };
+    let reachable = broker.ok == Some(true);
+    checks.push(broker);
+    if reachable {
+        checks.push(destinations(config).await);
+    }
     checks.push(tokens(config).await);
     if let Some(url) = certificate_url {
         checks.push(certificate(config, url).await);
     }
     checks
+}
+
+/// The destinations of the layout, both roles' (raw, enriched, dead letter): which are
+/// missing. Missing ones fail the check where pcbridge will not create them (Kafka with
+/// `kafka.create_topics = false`, as on Event Hubs); otherwise the roles create them.
+async fn destinations(config: &Config) -> Check {
+    let d = config.broker.destinations();
+    let mut names = d.all_raw();
+    names.extend(d.outputs(&crate::worker::stems(config)));
+    let layout = d.layout();
+    match broker::missing(config, &names).await {
+        Ok(missing) if missing.is_empty() => Check {
+            name: "destinations",
+            ok: Some(true),
+            detail: format!("all {} of the {layout} layout exist", names.len()),
+        },
+        Ok(missing) => {
+            let created_by_roles =
+                config.broker.kind == crate::config::BrokerKind::Rabbitmq || config.kafka.create_topics;
+            let what = if created_by_roles {
+                "the roles create them at start-up"
+            } else {
+                "create them (kafka.create_topics is false: on Event Hubs, in Azure)"
+            };
+            Check {
+                name: "destinations",
+                ok: Some(created_by_roles),
+                detail: format!(
+                    "{} of {} in the {layout} layout missing, {what}: {}",
+                    missing.len(),
+                    names.len(),
+                    missing.join(", ")
+                ),
+            }
+        }
+        Err(e) => Check { name: "destinations", ok: Some(false), detail: e.to_string() },
+    }
 }
 
 /// The report: one line per check, and whether all passed.

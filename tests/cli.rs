@@ -148,6 +148,29 @@ async fn check_reaches_every_dependency() {
     );
     assert!(ok && text.contains("ok   broker       kafka at") && text.contains("skip token"), "{text}");
 
+    // Event Hubs creates event hubs through Azure only: with kafka.create_topics = false
+    // the destinations of the layout that are missing fail the check, by name.
+    let event_hubs_like = |c: &mut Command| {
+        c.arg("check")
+            .env("PCBRIDGE_BROKER__KIND", "kafka")
+            .env("PCBRIDGE_BROKER__PREFIX", "checktest.")
+            .env("PCBRIDGE_BROKER__LAYOUT", "single")
+            .env("PCBRIDGE_KAFKA__CREATE_TOPICS", "false")
+            .env("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", mock.bootstrap_servers());
+    };
+    let mut cmd = pcbridge();
+    event_hubs_like(&mut cmd);
+    let (ok, text) = check_output(&mut cmd);
+    assert!(!ok && text.contains("FAIL destinations 3 of 3 in the single layout missing"), "{text}");
+    assert!(text.contains("checktest.events, checktest.events.enriched, checktest.dead-letter"), "{text}");
+    for topic in ["checktest.events", "checktest.events.enriched", "checktest.dead-letter"] {
+        mock.create_topic(topic, 1, 1).expect("create");
+    }
+    let mut cmd = pcbridge();
+    event_hubs_like(&mut cmd);
+    let (ok, text) = check_output(&mut cmd);
+    assert!(ok && text.contains("ok   destinations all 3 of the single layout exist"), "{text}");
+
     // Failures name what failed, and the exit status says so.
     let port = common::net::closed_port().await;
     let mut cmd = pcbridge();

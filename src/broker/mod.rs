@@ -196,6 +196,15 @@ pub async fn connect(
     })
 }
 
+/// Which of the destinations `names` the broker does not have, changing nothing (for
+/// `pcbridge check`: on Event Hubs the operator creates them).
+pub async fn missing(config: &Config, names: &[String]) -> Result<Vec<String>, SetupError> {
+    match config.broker.kind {
+        BrokerKind::Kafka => kafka::missing_topics(config, names).await,
+        BrokerKind::Rabbitmq => rabbitmq::missing_queues(config, names).await,
+    }
+}
+
 /// Connects to the configured broker and reports what it found, changing nothing
 /// (for `pcbridge check`).
 pub async fn probe(config: &Config) -> Result<String, SetupError> {

@@ -11,4 +11,4 @@ mod producer;
 mod sign_in;
 
 pub(crate) use consumer::{KafkaBacklog, KafkaConsumer};
-pub(crate) use producer::{Kafka, probe};
+pub(crate) use producer::{Kafka, missing_topics, probe};

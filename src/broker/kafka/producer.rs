@@ -200,6 +200,26 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before trying again to create a topic whose creation failed.
 const CREATE_RETRY_AFTER: Duration = Duration::from_secs(60);
 
+/// Which of `names` the cluster has no topic for (one metadata request).
+pub(crate) async fn missing_topics(config: &Config, names: &[String]) -> Result<Vec<String>, SetupError> {
+    let sign_in = SignIn::from_config(config)?;
+    let producer: rdkafka::producer::BaseProducer<SignInContext> =
+        base_client_config(config, "pcbridge-check", &sign_in)
+            .create_with_context(SignInContext(sign_in))
+            .map_err(|e| SetupError::Config(format!("kafka client: {e} (check kafka.properties)")))?;
+    let (servers, names) = (config.kafka.bootstrap_servers.clone(), names.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let metadata = producer
+            .client()
+            .fetch_metadata(None, Timeout::After(Duration::from_secs(10)))
+            .map_err(|e| SetupError::Unreachable(format!("kafka at {servers}: {e}")))?;
+        let present: HashSet<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+        Ok(names.into_iter().filter(|n| !present.contains(n.as_str())).collect())
+    })
+    .await
+    .map_err(|e| SetupError::Runtime(format!("kafka metadata task: {e}")))?
+}
+
 /// Fetches cluster metadata once: proves the brokers are reachable and the credentials work.
 pub(crate) async fn probe(config: &Config) -> Result<String, SetupError> {
     let sign_in = SignIn::from_config(config)?;

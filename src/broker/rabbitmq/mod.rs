@@ -9,4 +9,4 @@ mod publisher;
 mod topology;
 
 pub(crate) use consumer::{RabbitBacklog, RabbitConsumer};
-pub(crate) use publisher::{RabbitMq, probe};
+pub(crate) use publisher::{RabbitMq, missing_queues, probe};

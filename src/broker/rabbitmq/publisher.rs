@@ -185,6 +185,28 @@ pub(crate) async fn probe(config: &Config) -> Result<String, SetupError> {
     }
 }
 
+/// Which of `names` has no queue (a passive declare each; RabbitMQ closes the channel
+/// of a declare that finds nothing, so each check has a channel of its own).
+pub(crate) async fn missing_queues(config: &Config, names: &[String]) -> Result<Vec<String>, SetupError> {
+    let uri = amqp_uri(&config.rabbitmq, config)?;
+    let url = redact_url(&config.rabbitmq.url);
+    let unreachable = |e: lapin::Error| SetupError::Unreachable(format!("rabbitmq at {url}: {e}"));
+    let connection = Connection::connect_uri(uri, ConnectionProperties::default()).await.map_err(unreachable)?;
+    let mut missing = Vec::new();
+    for name in names {
+        let channel = connection.create_channel().await.map_err(unreachable)?;
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        match channel.queue_declare(name.as_str().into(), passive, FieldTable::default()).await {
+            Ok(_) => {
+                let _ = channel.close(200, "check".into()).await;
+            }
+            Err(_) => missing.push(name.clone()),
+        }
+    }
+    let _ = connection.close(200, "check".into()).await;
+    Ok(missing)
+}
+
 /// A publisher confirm that is awaited to the end even when its publish is abandoned
 /// (the ingress's publish timeout, a client that hung up). lapin keeps every confirm
 /// dropped unresolved in a list that only `wait_for_confirms` or a channel error empties
