@@ -12,7 +12,10 @@ use axum::{
     routing::get,
 };
 use serde_json::json;
-use std::sync::{Arc, OnceLock};
+use std::{
+    future::Future,
+    sync::{Arc, OnceLock},
+};
 use tokio::net::TcpListener;
 
 /// Whether the role can do its work right now, answered by a check the role installs
@@ -26,11 +29,6 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Installs the check; later calls are ignored (a role connects once).
-    pub fn set(&self, check: impl Fn() -> bool + Send + Sync + 'static) {
-        let _ = self.check.set(Box::new(check));
-    }
-
     /// Ready only once a check is installed and it passes.
     pub fn is_ready(&self) -> bool {
         self.check.get().is_some_and(|check| check())
@@ -82,7 +80,32 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn spawn(listener: TcpListener, metrics: Arc<Metrics>, ready: Readiness) -> Self {
+    /// A role's start-up with its admin endpoints served from the first moment:
+    /// `/healthz` and `/metrics` answer while `start` connects and creates destinations,
+    /// `/readyz` says 503 until `start` has returned the role's state and `ready` (a check
+    /// on that state) is installed. If start-up fails, the endpoints stop and the error is
+    /// the caller's.
+    pub async fn serve_while<T, E>(
+        listener: TcpListener,
+        metrics: Arc<Metrics>,
+        start: impl Future<Output = Result<T, E>>,
+        ready: impl FnOnce(&T) -> Box<dyn Fn() -> bool + Send + Sync>,
+    ) -> Result<(Self, T), E> {
+        let readiness = Readiness::default();
+        let admin = Self::spawn(listener, metrics, readiness.clone());
+        match start.await {
+            Ok(state) => {
+                let _ = readiness.check.set(ready(&state));
+                Ok((admin, state))
+            }
+            Err(e) => {
+                admin.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    fn spawn(listener: TcpListener, metrics: Arc<Metrics>, ready: Readiness) -> Self {
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(listener, metrics, ready, stop.clone()));
         Self { stop, task }

@@ -157,24 +157,18 @@ pub async fn start(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<(), IngressError>>, IngressError> {
-    let readiness = crate::admin::Readiness::default();
-    let admin = crate::admin::Admin::spawn(admin_listener, metrics.clone(), readiness.clone());
-    let started = async {
+    let start = async {
         let verifier = Verifier::new(&config.signature)?;
         let publisher = crate::broker::connect(config, client_id, metrics.clone()).await?;
-        let state = Arc::new(IngressState::new(config, verifier, publisher, metrics, shutdown.clone()));
+        let state = Arc::new(IngressState::new(config, verifier, publisher, metrics.clone(), shutdown.clone()));
         ensure_raw_destinations(&state).await;
         Ok::<_, IngressError>(state)
     };
-    let state = match started.await {
-        Ok(state) => state,
-        Err(e) => {
-            admin.stop().await;
-            return Err(e);
-        }
+    let ready = |state: &Arc<IngressState>| {
+        let state = state.clone();
+        Box::new(move || state.is_ready()) as Box<dyn Fn() -> bool + Send + Sync>
     };
-    let ready_state = state.clone();
-    readiness.set(move || ready_state.is_ready());
+    let (admin, state) = crate::admin::Admin::serve_while(admin_listener, metrics.clone(), start, ready).await?;
     let config = config.clone();
     Ok(tokio::spawn(async move {
         let server = run(listener, state.clone(), shutdown.clone());

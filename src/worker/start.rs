@@ -105,31 +105,26 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, WorkerError> {
     check_credentials(config)?;
-    let readiness = crate::admin::Readiness::default();
-    let admin = crate::admin::Admin::spawn(admin_listener, metrics.clone(), readiness.clone());
-    let started = async {
+    let start = async {
         let publisher = crate::broker::connect(config, client_id, metrics.clone()).await?;
         let sources = sources(config);
         if let Err(e) = publisher.ensure_destinations(&sources).await {
             tracing::warn!(error = %e, "could not create the source destinations");
         }
         let consumer = crate::broker::consume(config, sources, client_id, metrics.clone()).await?;
-        let state = Arc::new(WorkerState::new(config, consumer, publisher, metrics)?);
+        let state = Arc::new(WorkerState::new(config, consumer, publisher, metrics.clone())?);
         let outputs = state.destinations.outputs(&stems(config));
         if let Err(e) = state.publisher.ensure_destinations(&outputs).await {
             tracing::warn!(error = %e, "could not create output destinations at start-up; will retry on first use");
         }
         Ok::<_, WorkerError>(state)
     };
-    let state = match started.await {
-        Ok(state) => state,
-        Err(e) => {
-            admin.stop().await;
-            return Err(e);
-        }
+    let ready = |state: &Arc<WorkerState>| {
+        let (state, stop) = (state.clone(), shutdown.clone());
+        Box::new(move || !stop.is_cancelled() && state.consumer.is_ready() && state.publisher.is_ready())
+            as Box<dyn Fn() -> bool + Send + Sync>
     };
-    let (ready_state, s) = (state.clone(), shutdown.clone());
-    readiness.set(move || !s.is_cancelled() && ready_state.consumer.is_ready() && ready_state.publisher.is_ready());
+    let (admin, state) = crate::admin::Admin::serve_while(admin_listener, metrics.clone(), start, ready).await?;
     let config = config.clone();
     Ok(tokio::spawn(async move {
         tracing::info!(sources = stems(&config).len(), concurrency = config.worker.concurrency, "worker consuming");
