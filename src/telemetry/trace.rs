@@ -7,13 +7,15 @@
 //! - the ingress writes its span's W3C `traceparent` into the raw message, and the
 //!   worker makes it the parent of its own span, so one trace id runs from the webhook
 //!   request to the enriched message (docs/message-contract.md);
-//! - spans are exported over OTLP/HTTP only when the standard variables name an
-//!   endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`);
+//! - spans are recorded as OpenTelemetry spans and exported over OTLP/HTTP only when
+//!   the standard variables name an endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`);
 //!   `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the default, or `http/json`),
 //!   `…_HEADERS`, `…_TIMEOUT`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
 //!   `OTEL_TRACES_SAMPLER` and `OTEL_BSP_*` apply as the specification says, and
 //!   `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn export off. Without
-//!   export the ids are still made (the trace context still travels), nothing is sent.
+//!   export no span is recorded (it would cost the ingress a quarter of its
+//!   throughput), and the trace context still travels: each hop continues the incoming
+//!   trace id with a span id of its own (`contract::headers::outgoing_traceparent`).
 
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
@@ -35,9 +37,8 @@ pub enum LogStyle {
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
 /// Installs the global subscriber once. `RUST_LOG`, when set, wins over `level` for the
-/// logs; spans are recorded whatever the log level, so that the trace context travels
-/// even when only warnings are logged. `service` names the process in exported traces
-/// unless `OTEL_SERVICE_NAME` does.
+/// logs; when traces are exported, spans are recorded whatever the log level. `service`
+/// names the process in exported traces unless `OTEL_SERVICE_NAME` does.
 pub fn init_tracing(style: LogStyle, level: &str, service: &str) {
     static INIT: std::sync::Once = std::sync::Once::new();
     INIT.call_once(|| {
@@ -54,22 +55,29 @@ pub fn init_tracing(style: LogStyle, level: &str, service: &str) {
                 .boxed(),
             LogStyle::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
         };
+        // Spans become OpenTelemetry spans only when they are exported: recording them
+        // costs the ingress a quarter of its throughput (docs/BENCHMARKS.md). Without
+        // export the trace context still travels (contract::headers makes the ids).
         let endpoint = export_endpoint();
         let (provider, export_error) = match &endpoint {
             Some(_) => match exporting_provider(service) {
-                Ok(p) => (p, None),
-                Err(e) => (SdkTracerProvider::builder().build(), Some(e)),
+                Ok(p) => (Some(p), None),
+                Err(e) => (None, Some(e)),
             },
-            None => (SdkTracerProvider::builder().build(), None),
+            None => (None, None),
         };
-        // Only the product's own spans become OpenTelemetry spans (not the HTTP or
-        // broker clients' internals), at info whatever the log level.
-        let spans = tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("pcbridge"))
-            .with_filter(Targets::new().with_target("pcbridge", tracing::Level::INFO));
+        // Only the product's own spans (not the HTTP or broker clients' internals), at
+        // info whatever the log level.
+        let spans = provider.as_ref().map(|p| {
+            tracing_opentelemetry::layer()
+                .with_tracer(p.tracer("pcbridge"))
+                .with_filter(Targets::new().with_target("pcbridge", tracing::Level::INFO))
+        });
         // A second subscriber (tests) is not an error worth reporting.
         let _ = tracing_subscriber::registry().with(logs.with_filter(filter)).with(spans).try_init();
-        let _ = PROVIDER.set(provider);
+        if let Some(provider) = provider {
+            let _ = PROVIDER.set(provider);
+        }
         match (endpoint, export_error) {
             (Some(_), Some(e)) => tracing::error!(error = %e, "OTLP trace export is off: the exporter cannot be built"),
             (Some(endpoint), None) => tracing::info!(endpoint, "exporting traces over OTLP/HTTP"),
