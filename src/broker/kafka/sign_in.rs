@@ -14,8 +14,10 @@ use std::{error::Error, sync::Arc, time::Duration, time::UNIX_EPOCH};
 /// again, with back-off).
 const TOKEN_WAIT: Duration = Duration::from_secs(30);
 
-/// The sign-in every Kafka client of a process shares: its librdkafka settings and, for
-/// Entra ID, the token source the clients' contexts call.
+/// A Kafka client's sign-in: its librdkafka settings and, for Entra ID, the token source
+/// the client's context calls. Clients signed in as the same identity share one token
+/// cache ([`shared_tokens`]), so a worker's producer, admin client and consumer make one
+/// token request between them.
 #[derive(Clone, Default)]
 pub(crate) struct SignIn {
     /// librdkafka settings, applied before `kafka.properties` (which may override them,
@@ -67,7 +69,7 @@ impl SignIn {
                         ("security.protocol", Secret::new("SASL_SSL")),
                         ("sasl.mechanism", Secret::new("OAUTHBEARER")),
                     ],
-                    oauth: Some(Arc::new(OAuth { tokens: entra_tokens(config)?, scope, runtime })),
+                    oauth: Some(Arc::new(OAuth { tokens: shared_tokens(config, &scope)?, scope, runtime })),
                 })
             }
         }
@@ -93,6 +95,26 @@ impl SignIn {
         tracing::debug!("event hubs token handed to librdkafka");
         Ok(OAuthToken { token: token.expose().to_string(), principal_name: String::new(), lifetime_ms })
     }
+}
+
+/// The token source of `config`'s Entra ID identity for `scope`, one per identity in the
+/// process: each role builds its producer and its consumer separately, and a
+/// [`TokenProvider`] of their own would make each fetch the same token.
+fn shared_tokens(config: &Config, scope: &str) -> Result<TokenProvider, SetupError> {
+    static SHARED: std::sync::Mutex<Vec<(String, TokenProvider)>> = std::sync::Mutex::new(Vec::new());
+    let h = &config.kafka.event_hubs;
+    let pc = &config.partner_center;
+    let identity = format!(
+        "{:?}|{}|{}|{}|{}|{}|{}",
+        h.credential, pc.token_base_url, pc.tenant_id, pc.client_id, h.tenant_id, h.client_id, scope
+    );
+    let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, tokens)) = shared.iter().find(|(k, _)| *k == identity) {
+        return Ok(tokens.clone());
+    }
+    let tokens = entra_tokens(config)?;
+    shared.push((identity, tokens.clone()));
+    Ok(tokens)
 }
 
 /// The token source of the Entra ID sign-in: the Partner Center app (or another) with
