@@ -4,7 +4,7 @@ mod common;
 
 use common::{
     app::spawn_ingress,
-    bus::{Bus, Received, on_both_brokers, on_both_brokers_and_layouts},
+    bus::{Bus, Received, on_both_brokers_and_layouts, on_every_broker},
     pc::{Pc, catalogue},
 };
 use pcbridge::{config::BrokerKind, contract::destinations::Layout};
@@ -64,6 +64,7 @@ fn check_raw_message(m: &Received, name: &str, body: &[u8], pc: &Pc, kind: Broke
     let ce = match kind {
         BrokerKind::Kafka => "ce_",
         BrokerKind::Rabbitmq => "cloudEvents_",
+        BrokerKind::Amqp => "cloudEvents:",
     };
     assert_eq!(h[&format!("{ce}specversion")], "1.0");
     assert_eq!(h[&format!("{ce}id")], id);
@@ -81,6 +82,14 @@ fn check_raw_message(m: &Received, name: &str, body: &[u8], pc: &Pc, kind: Broke
         BrokerKind::Rabbitmq => {
             assert_eq!(m.properties["message_id"], id);
             assert_eq!(m.properties["delivery_mode"], "2", "persistent");
+            assert_eq!(m.properties["content_type"], "application/json");
+        }
+        BrokerKind::Amqp => {
+            // Service Bus: MessageId (duplicate detection), SessionId (per-resource order).
+            assert_eq!(m.properties["message_id"], id);
+            let group = resource_uri.unwrap_or(id);
+            assert_eq!(m.properties["group_id"], group, "{name}: group-id is the ResourceUri, else the event id");
+            assert_eq!(m.properties["durable"], "true");
             assert_eq!(m.properties["content_type"], "application/json");
         }
     }
@@ -124,7 +133,7 @@ async fn unknown_event_names(kind: BrokerKind) {
     bus.cleanup(&config, &[d.raw(future)]).await;
 }
 
-on_both_brokers!(unknown_event_names);
+on_every_broker!(unknown_event_names);
 
 /// A sender's traceparent is continued; loose payloads are accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@ mod common;
 
 use common::{
     app::spawn_ingress,
-    bus::{Bus, on_both_brokers},
+    bus::{Bus, on_every_broker},
     net::{self, CertMode},
     pc::{Pc, signed_headers},
     pki,
@@ -222,4 +222,4 @@ async fn chunked_post(url: &str, body: &[u8], headers: &[(&'static str, String)]
     text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
-on_both_brokers!(rejections_publish_nothing);
+on_every_broker!(rejections_publish_nothing);

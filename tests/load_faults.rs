@@ -126,6 +126,31 @@ async fn rabbitmq_connections_closed_by_the_server_under_load() {
     let _ = Command::new("rabbitmqctl").args(["delete_user", &user]).output();
 }
 
+/// AMQP 1.0 (the protocol of Azure Service Bus), against RabbitMQ's AMQP 1.0 plugin:
+/// the ingress's and the worker's connections, which go through a proxy of this test's
+/// own, are killed twice mid-load (both sockets closed at once, as a load balancer or a
+/// broker node going away does), and they reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_connections_killed_under_load() {
+    let proxy = common::net::Proxy::start(common::bus::rabbitmq::RABBITMQ_ADDR).await;
+    let url = format!("amqp://{}", proxy.addr);
+    let rig = Rig::start(Bus::new(BrokerKind::Amqp).await, |c| c.amqp.url = url.clone()).await;
+    let n = events_per_scenario(1200);
+    let t = span(n);
+    let faults = async {
+        for _ in 0..2 {
+            at(t * 0.3).await;
+            proxy.cut();
+            proxy.restore();
+        }
+    };
+    let (sent, ()) = tokio::join!(rig.load(n, RATE), faults);
+    let report = rig.account(&sent, Duration::from_secs(90)).await;
+    assert_nothing_lost("amqp 1.0 connections killed", &sent, &report);
+    assert!(sent.refusals > 0, "the kills were felt: some requests were answered 503 and retried");
+    rig.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partner_center_api_chaos_under_load() {
     let rig = Rig::start(Bus::new(BrokerKind::Rabbitmq).await, |c| {

@@ -49,12 +49,8 @@ async fn replay(config: &Config, bootstrap: &str, args: &[&str]) -> (bool, Strin
     let mut cmd = common::app::pcbridge_command();
     cmd.arg("replay")
         .args(args)
-        .env("PCBRIDGE_BROKER__KIND", config.broker.kind.to_string())
-        .env("PCBRIDGE_BROKER__PREFIX", &config.broker.prefix)
-        .env("PCBRIDGE_BROKER__LAYOUT", config.broker.layout.to_string())
-        .env("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", bootstrap)
-        .env("PCBRIDGE_KAFKA__CREATE_TOPICS", "false")
-        .env("PCBRIDGE_RABBITMQ__EXCHANGE", &config.rabbitmq.exchange);
+        .envs(common::app::broker_env(config))
+        .env("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", bootstrap);
     let out = tokio::task::spawn_blocking(move || cmd.output().expect("run")).await.expect("join");
     let (stdout, stderr) =
         (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
@@ -124,7 +120,7 @@ async fn replays_what_matches(kind: BrokerKind, layout: Layout) {
 
     match kind {
         // Only the old one is left in the queue.
-        BrokerKind::Rabbitmq => assert_eq!(dead_count().await, 1),
+        BrokerKind::Rabbitmq | BrokerKind::Amqp => assert_eq!(dead_count().await, 1),
         // A Kafka topic keeps its records, and replay says so.
         BrokerKind::Kafka => {
             assert!(out.contains("is a Kafka topic, a log"), "{out}");

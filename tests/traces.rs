@@ -8,14 +8,14 @@ mod common;
 
 use axum::{Router, extract::State, routing::post};
 use common::{
-    app::{pcbridge_command, worker_config},
+    app::{broker_env, pcbridge_command, worker_config},
     bus::{Bus, on_both_brokers},
     net::closed_port,
     pc::Pc,
     pc_api::PcApi,
     wait,
 };
-use pcbridge::config::{BrokerKind, Config};
+use pcbridge::config::BrokerKind;
 use serde_json::{Value, json};
 use std::{
     process::{Child, Stdio},
@@ -92,18 +92,6 @@ async fn receive(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: String) -> ax
     }
     spans.lock().expect("spans").extend(got);
     axum::Json(json!({}))
-}
-
-/// The environment that gives a `pcbridge` process the test's broker configuration.
-fn broker_env(c: &Config) -> Vec<(&'static str, String)> {
-    vec![
-        ("PCBRIDGE_BROKER__KIND", c.broker.kind.to_string()),
-        ("PCBRIDGE_BROKER__PREFIX", c.broker.prefix.clone()),
-        ("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", c.kafka.bootstrap_servers.clone()),
-        ("PCBRIDGE_KAFKA__CREATE_TOPICS", "false".into()),
-        ("PCBRIDGE_RABBITMQ__URL", c.rabbitmq.url.clone()),
-        ("PCBRIDGE_RABBITMQ__EXCHANGE", c.rabbitmq.exchange.clone()),
-    ]
 }
 
 /// A `pcbridge` process, killed if the test fails before stopping it.

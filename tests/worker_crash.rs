@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    app::{pcbridge_command, spawn_ingress, worker_config, worker_events_total},
-    bus::{Bus, on_both_brokers, output_queues},
+    app::{broker_env, pcbridge_command, spawn_ingress, worker_config, worker_events_total},
+    bus::{Bus, on_every_broker, output_queues},
     net,
     pc::Pc,
     pc_api::PcApi,
@@ -31,16 +31,10 @@ impl Drop for Proc {
 fn spawn_worker_process(config: &Config, api: &PcApi, admin_port: u16) -> Proc {
     let mut cmd = pcbridge_command();
     cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(["--config", "config.toml", "worker"]);
-    let kind = if config.broker.kind == BrokerKind::Kafka { "kafka" } else { "rabbitmq" };
     if config.broker.kind == BrokerKind::Kafka {
-        cmd.env("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", &config.kafka.bootstrap_servers)
-            .env("PCBRIDGE_KAFKA__CREATE_TOPICS", "false")
-            .env("PCBRIDGE_KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000");
+        cmd.env("PCBRIDGE_KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000");
     }
-    cmd.env("PCBRIDGE_BROKER__KIND", kind)
-        .env("PCBRIDGE_BROKER__PREFIX", &config.broker.prefix)
-        .env("PCBRIDGE_RABBITMQ__URL", &config.rabbitmq.url)
-        .env("PCBRIDGE_RABBITMQ__EXCHANGE", &config.rabbitmq.exchange)
+    cmd.envs(broker_env(config))
         .envs(api.env())
         .env("PCBRIDGE_WORKER__GROUP_ID", &config.worker.group_id)
         .env("PCBRIDGE_WORKER__CONCURRENCY", "4")
@@ -141,4 +135,4 @@ async fn worker_killed_mid_batch_loses_nothing(kind: BrokerKind) {
     bus.cleanup(&cfg, &output_queues(&cfg)).await;
 }
 
-on_both_brokers!(worker_killed_mid_batch_loses_nothing);
+on_every_broker!(worker_killed_mid_batch_loses_nothing);

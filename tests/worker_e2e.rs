@@ -128,6 +128,7 @@ async fn end_to_end(kind: BrokerKind, layout: Layout) {
         let ce_type = match kind {
             BrokerKind::Kafka => &m.headers["ce_type"],
             BrokerKind::Rabbitmq => &m.headers["cloudEvents_type"],
+            BrokerKind::Amqp => &m.headers["cloudEvents:type"],
         };
         assert_eq!(ce_type, &format!("com.microsoft.partnercenter.{name}.enriched"));
     }

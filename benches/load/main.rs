@@ -5,7 +5,8 @@
 //! - `ingress-kafka`, `ingress-rabbitmq`: the bare HTTP limit, the minimal pipeline and
 //!   the ingress, as fast as they go (closed loop) and at fixed rates (open loop);
 //!   RabbitMQ also with one publish in flight at a time, to show what batching confirms is
-//!   worth. `PCBRIDGE_BENCH_INGRESS_RATES` (comma-separated events/s; empty skips the
+//!   worth. `ingress-amqp`: the same over AMQP 1.0 (RabbitMQ's plugin), each message an
+//!   unsettled transfer settled by the broker's `accepted`. `PCBRIDGE_BENCH_INGRESS_RATES` (comma-separated events/s; empty skips the
 //!   open loop) narrows the fixed rates, e.g. for a profiling run.
 //! - `worker`: N events preloaded, the simulated API answering in a fixed 20 ms.
 //! - `startup`: spawn to `/readyz` for both roles.
@@ -41,7 +42,7 @@ fn main() {
         Some("serve-bare") => runtime.block_on(reference::bare()),
         Some("serve-minimal") => runtime.block_on(reference::minimal(&args[1..])),
         _ => {
-            let all = ["ingress-kafka", "ingress-rabbitmq", "worker", "startup"];
+            let all = ["ingress-kafka", "ingress-rabbitmq", "ingress-amqp", "worker", "startup"];
             let chosen: Vec<&str> =
                 if args.is_empty() { all.to_vec() } else { args.iter().map(String::as_str).collect() };
             for scenario in chosen {
@@ -49,6 +50,7 @@ fn main() {
                 match scenario {
                     "ingress-kafka" => runtime.block_on(scenarios::ingress(setup::Broker::kafka())),
                     "ingress-rabbitmq" => runtime.block_on(scenarios::ingress(setup::Broker::rabbitmq())),
+                    "ingress-amqp" => runtime.block_on(scenarios::ingress(setup::Broker::amqp())),
                     "worker" => runtime.block_on(scenarios::worker()),
                     "startup" => runtime.block_on(scenarios::startup()),
                     "soak" => runtime.block_on(soak::soak()),

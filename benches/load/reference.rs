@@ -4,7 +4,8 @@
 //! - **bare**: an axum handler that answers 200 — the HTTP limit of this machine;
 //! - **minimal**: only the three steps no webhook bridge can skip — RSA verify with the
 //!   public key loaded once, read `EventName`, publish and await the broker's confirm with
-//!   the ingress's producer settings. The ingress's ratio to it is the cost of everything
+//!   the ingress's producer settings (AMQP 1.0: an unsettled durable transfer and its
+//!   `accepted` outcome). The ingress's ratio to it is the cost of everything
 //!   pcbridge adds (certificate cache, event id, headers, metrics, tracing, limits).
 //!
 //! Each prints its address on the first line of stdout.
@@ -15,7 +16,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, options:
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use ring::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
 use serde::Deserialize;
-use std::{borrow::Cow, sync::Arc, time::Duration};
+use std::{borrow::Cow, collections::HashMap, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 
 async fn listen() -> TcpListener {
@@ -37,6 +38,12 @@ enum Sink {
         channel: Channel,
         exchange: String,
         serial: Option<tokio::sync::Mutex<()>>,
+    },
+    /// AMQP 1.0: a sender link per destination; a transfer is started under the link's
+    /// lock and its disposition awaited outside it, so many are in flight.
+    Amqp {
+        connection: tokio::sync::Mutex<fe2o3_amqp::connection::ConnectionHandle<()>>,
+        senders: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<fe2o3_amqp::Sender>>>>,
     },
 }
 
@@ -85,12 +92,49 @@ async fn minimal_handler(State(m): State<Arc<Minimal>>, headers: HeaderMap, body
                 Err(_) => false,
             }
         }
+        Sink::Amqp { connection, senders } => {
+            let sender = {
+                let mut senders = senders.lock().await;
+                match senders.get(&destination) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let mut connection = connection.lock().await;
+                        let mut session = fe2o3_amqp::Session::begin(&mut connection).await.expect("session");
+                        let target = fe2o3_amqp_types::messaging::Target::builder()
+                            .address(format!("/queue/{destination}"))
+                            .durable(fe2o3_amqp_types::messaging::TerminusDurability::UnsettledState)
+                            .build();
+                        let sender = fe2o3_amqp::Sender::builder()
+                            .name(destination.clone())
+                            .target(target)
+                            .attach(&mut session)
+                            .await
+                            .expect("sender");
+                        std::mem::forget(session); // lives as long as the process
+                        let sender = Arc::new(tokio::sync::Mutex::new(sender));
+                        senders.insert(destination.clone(), sender.clone());
+                        sender
+                    }
+                }
+            };
+            let message = fe2o3_amqp_types::messaging::Message::builder()
+                .header(fe2o3_amqp_types::messaging::Header { durable: true, ..Default::default() })
+                .data(fe2o3_amqp_types::primitives::Binary::from(body.to_vec()))
+                .build();
+            let sendable = fe2o3_amqp::Sendable::builder().message(message).settled(false).build();
+            let started = sender.lock().await.send_batchable(sendable).await;
+            match started {
+                Ok(fut) => matches!(fut.await, Ok(fe2o3_amqp_types::messaging::Outcome::Accepted(_))),
+                Err(_) => false,
+            }
+        }
     };
     if published { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
 }
 
 /// `serve-minimal <cert.der> <prefix> kafka <bootstrap>` or
-/// `serve-minimal <cert.der> <prefix> rabbitmq <url> <exchange> [serial]`
+/// `serve-minimal <cert.der> <prefix> rabbitmq <url> <exchange> [serial]` or
+/// `serve-minimal <cert.der> <prefix> amqp <url>`
 pub async fn minimal(args: &[String]) {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
     let der = std::fs::read(arg(0)).expect("certificate file");
@@ -108,6 +152,13 @@ pub async fn minimal(args: &[String]) {
                 .create()
                 .expect("producer"),
         ),
+        "amqp" => {
+            let connection = fe2o3_amqp::Connection::open("pcbridge-bench-minimal", arg(3)).await.expect("amqp");
+            Sink::Amqp {
+                connection: tokio::sync::Mutex::new(connection),
+                senders: tokio::sync::Mutex::new(HashMap::new()),
+            }
+        }
         _ => {
             let conn = Connection::connect(arg(3), ConnectionProperties::default()).await.expect("rabbitmq");
             let channel = conn.create_channel().await.expect("channel");

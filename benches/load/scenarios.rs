@@ -3,7 +3,7 @@
 use crate::generator::{self, Corpus, Outcome, Pace};
 use crate::procstat::{RssPeak, cpu_seconds, find_pid, mib, status_kib};
 use crate::servers::{self, Server};
-use crate::setup::{Broker, BrokerSpec, RABBITMQ_URL, Setup};
+use crate::setup::{AMQP_URL, Broker, BrokerSpec, RABBITMQ_URL, Setup};
 use pcbridge::contract::destinations::Destinations;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ struct Row {
 
 async fn measure(server: &Server, broker: &Broker, corpus: &Corpus, pace: Pace, connections: usize) -> Row {
     let pid = server.pid();
-    let rabbit = matches!(broker.kind, BrokerSpec::Rabbit { .. }).then(|| find_pid("beam.smp")).flatten();
+    let rabbit = (!matches!(broker.kind, BrokerSpec::Kafka(_))).then(|| find_pid("beam.smp")).flatten();
     let me = std::process::id();
     let cpu = || (cpu_seconds(pid), cpu_seconds(me), rabbit.map(cpu_seconds));
     let (cpu0, started, rss) = (cpu(), Instant::now(), RssPeak::start(pid));
@@ -79,6 +79,7 @@ fn minimal_args(setup: &Setup, broker: &Broker, serial: bool) -> Vec<String> {
                 a.push("serial".into());
             }
         }
+        BrokerSpec::Amqp => a.extend(["amqp".into(), AMQP_URL.into()]),
     }
     a
 }
@@ -97,7 +98,11 @@ pub enum Tidy {
 /// Tidies this run's RabbitMQ queues; nothing to do on Kafka (the mock cluster caps each
 /// partition's log and goes away with the run).
 pub async fn rabbit_tidy(broker: &Broker, tidy: Tidy) {
-    let BrokerSpec::Rabbit { exchange } = &broker.kind else { return };
+    let exchange = match &broker.kind {
+        BrokerSpec::Rabbit { exchange } => exchange.as_str(),
+        BrokerSpec::Amqp => "",
+        BrokerSpec::Kafka(_) => return,
+    };
     let conn = lapin::Connection::connect(RABBITMQ_URL, Default::default()).await.expect("rabbitmq");
     let d = Destinations::new(broker.prefix.clone());
     let config = broker.config();
@@ -114,9 +119,10 @@ pub async fn rabbit_tidy(broker: &Broker, tidy: Tidy) {
         };
     }
     if tidy == Tidy::Delete
+        && !exchange.is_empty()
         && let Ok(ch) = conn.create_channel().await
     {
-        let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
+        let _ = ch.exchange_delete(exchange.into(), Default::default()).await;
     }
     let _ = conn.close(200, "done".into()).await;
 }
@@ -178,6 +184,7 @@ pub async fn ingress(broker: Broker) {
     let default_rates = match broker.kind {
         BrokerSpec::Kafka(_) => "1000,2500,5000,10000,15000,20000",
         BrokerSpec::Rabbit { .. } => "1000,2500,5000,7500,10000",
+        BrokerSpec::Amqp => "1000,2500,5000,7500",
     };
     // `PCBRIDGE_BENCH_INGRESS_RATES=5000` (or empty, to skip the open loop) when profiling.
     let rates: Vec<f64> = std::env::var("PCBRIDGE_BENCH_INGRESS_RATES")

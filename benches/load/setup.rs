@@ -103,6 +103,10 @@ impl Setup {
                 ("PCBRIDGE_BROKER__KIND", "rabbitmq".to_string()),
                 ("PCBRIDGE_RABBITMQ__EXCHANGE", exchange.clone()),
             ]),
+            BrokerSpec::Amqp => env.extend([
+                ("PCBRIDGE_BROKER__KIND", "amqp".to_string()),
+                ("PCBRIDGE_AMQP__ADDRESS", AMQP_ADDRESS.to_string()),
+            ]),
         }
         env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
@@ -116,8 +120,19 @@ impl Drop for Setup {
 
 pub enum BrokerSpec {
     Kafka(String),
-    Rabbit { exchange: String },
+    Rabbit {
+        exchange: String,
+    },
+    /// AMQP 1.0 through the local RabbitMQ's plugin: a queue per destination.
+    Amqp,
 }
+
+/// The AMQP 1.0 address of a destination on RabbitMQ 3.x: the queue, declared on first
+/// use.
+pub const AMQP_ADDRESS: &str = "/queue/{destination}";
+
+/// The local RabbitMQ's AMQP 1.0 listener.
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672";
 
 /// A broker with this run's own prefix.
 pub struct Broker {
@@ -156,10 +171,17 @@ impl Broker {
         }
     }
 
+    /// The local RabbitMQ over AMQP 1.0, under a prefix of this run's own.
+    pub fn amqp() -> Self {
+        let Self { prefix, .. } = Self::rabbitmq();
+        Self { kind: BrokerSpec::Amqp, prefix, _mock: None }
+    }
+
     pub fn name(&self) -> &'static str {
         match self.kind {
             BrokerSpec::Kafka(_) => "kafka (mock cluster)",
             BrokerSpec::Rabbit { .. } => "rabbitmq",
+            BrokerSpec::Amqp => "amqp 1.0 (rabbitmq's plugin)",
         }
     }
 
@@ -176,6 +198,10 @@ impl Broker {
             BrokerSpec::Rabbit { exchange } => {
                 c.broker.kind = BrokerKind::Rabbitmq;
                 c.rabbitmq.exchange = exchange.clone();
+            }
+            BrokerSpec::Amqp => {
+                c.broker.kind = BrokerKind::Amqp;
+                c.amqp.address = AMQP_ADDRESS.into();
             }
         }
         c

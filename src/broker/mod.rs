@@ -1,11 +1,15 @@
 //! How messages move, knowing nothing of Partner Center: the [`Publisher`] trait, the
-//! [`Message`] it carries, and one implementation per broker ([`kafka`], [`rabbitmq`]).
+//! [`Message`] it carries, and one implementation per broker ([`kafka`], [`rabbitmq`],
+//! [`amqp`] for AMQP 1.0 and Azure Service Bus).
 //!
 //! A publish resolves only when the broker has durably accepted the message (Kafka
 //! `acks=all` delivery report; RabbitMQ publisher confirm of a persistent message routed
-//! to a durable queue). Everything above this module relies on that: the ingress answers
-//! 2xx only after `publish` returned `Ok`.
+//! to a durable queue; AMQP 1.0 `accepted` outcome of an unsettled durable transfer).
+//! Everything above this module relies on that: the ingress answers 2xx only after
+//! `publish` returned `Ok`.
 
+mod amqp;
+mod entra;
 mod kafka;
 mod rabbitmq;
 
@@ -121,8 +125,17 @@ pub struct AckToken(pub(crate) AckInner);
 
 #[derive(Debug)]
 pub(crate) enum AckInner {
-    Kafka { topic: String, partition: i32, offset: i64 },
+    Kafka {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
     Rabbit(lapin::Acker),
+    /// The receiving link's settle queue and the delivery's number on it.
+    Amqp {
+        link: tokio::sync::mpsc::UnboundedSender<u64>,
+        id: u64,
+    },
 }
 
 /// A source of deliveries that are acknowledged one by one.
@@ -164,6 +177,7 @@ pub async fn backlog(config: &Config, destination: &str) -> Result<Box<dyn Backl
     Ok(match config.broker.kind {
         BrokerKind::Kafka => Box::new(kafka::KafkaBacklog::open(config, destination).await?),
         BrokerKind::Rabbitmq => Box::new(rabbitmq::RabbitBacklog::open(config, destination).await?),
+        BrokerKind::Amqp => Box::new(amqp::AmqpBacklog::open(config, destination).await?),
     })
 }
 
@@ -177,6 +191,7 @@ pub async fn consume(
     Ok(match config.broker.kind {
         BrokerKind::Kafka => Arc::new(kafka::KafkaConsumer::start(config, sources, client_name, metrics)?),
         BrokerKind::Rabbitmq => rabbitmq::RabbitConsumer::start(config, sources, client_name).await?,
+        BrokerKind::Amqp => amqp::AmqpConsumer::start(config, sources, client_name).await?,
     })
 }
 
@@ -193,6 +208,7 @@ pub async fn connect(
             kafka
         }
         BrokerKind::Rabbitmq => rabbitmq::RabbitMq::connect(config, client_name, metrics).await?,
+        BrokerKind::Amqp => amqp::AmqpPublisher::connect(config, client_name, metrics).await?,
     })
 }
 
@@ -202,6 +218,7 @@ pub async fn missing(config: &Config, names: &[String]) -> Result<Vec<String>, S
     match config.broker.kind {
         BrokerKind::Kafka => kafka::missing_topics(config, names).await,
         BrokerKind::Rabbitmq => rabbitmq::missing_queues(config, names).await,
+        BrokerKind::Amqp => amqp::missing(config, names).await,
     }
 }
 
@@ -211,5 +228,6 @@ pub async fn probe(config: &Config) -> Result<String, SetupError> {
     match config.broker.kind {
         BrokerKind::Kafka => kafka::probe(config).await,
         BrokerKind::Rabbitmq => rabbitmq::probe(config).await,
+        BrokerKind::Amqp => amqp::probe(config).await,
     }
 }

@@ -1,5 +1,5 @@
-//! The `[broker]`, `[kafka]` and `[rabbitmq]` sections: which broker, how destinations are
-//! prefixed, and each broker's connection settings.
+//! The `[broker]`, `[kafka]`, `[rabbitmq]` and `[amqp]` sections: which broker, how
+//! destinations are prefixed, and each broker's connection settings.
 
 use super::{ConfigError, file_exists, invalid};
 use super::{Secret, redact_url, secret::scalar_map};
@@ -13,6 +13,8 @@ pub enum BrokerKind {
     #[default]
     Kafka,
     Rabbitmq,
+    /// AMQP 1.0 (Azure Service Bus, or any AMQP 1.0 broker).
+    Amqp,
 }
 
 impl fmt::Display for BrokerKind {
@@ -20,6 +22,7 @@ impl fmt::Display for BrokerKind {
         f.write_str(match self {
             BrokerKind::Kafka => "kafka",
             BrokerKind::Rabbitmq => "rabbitmq",
+            BrokerKind::Amqp => "amqp",
         })
     }
 }
@@ -27,7 +30,7 @@ impl fmt::Display for BrokerKind {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// `kafka` or `rabbitmq`.
+    /// `kafka`, `rabbitmq` or `amqp` (AMQP 1.0: Azure Service Bus).
     pub kind: BrokerKind,
     /// Prepended to every destination name: `{prefix}{EventName}`.
     pub prefix: String,
@@ -289,6 +292,126 @@ impl RabbitMqConfig {
         }
         if self.exchange.is_empty() {
             return invalid("rabbitmq.exchange", "is empty");
+        }
+        Ok(())
+    }
+}
+
+/// How pcbridge signs in to an AMQP 1.0 broker (docs/azure.md).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AmqpSignIn {
+    /// SASL ANONYMOUS.
+    None,
+    /// SASL PLAIN: `username` and the password (a Service Bus shared access key name and
+    /// its key).
+    #[default]
+    Plain,
+    /// SASL ANONYMOUS, then an Entra ID token put on the `$cbs` node for each address
+    /// (AMQP claims-based security), renewed before it expires.
+    EntraId,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// `amqp://host:port` or `amqps://host[:port]` (TLS; Service Bus:
+    /// `amqps://{namespace}.servicebus.windows.net`). No credentials in the URL.
+    pub url: String,
+    /// The AMQP address of a destination, `{destination}` standing for its name. Service
+    /// Bus: `{destination}` (the queue's or topic's name); RabbitMQ's AMQP 1.0 plugin:
+    /// `/queue/{destination}` (3.x; the queue is declared on first use).
+    pub address: String,
+    /// `none`, `plain` or `entra-id`.
+    pub sign_in: AmqpSignIn,
+    /// SASL PLAIN user (Service Bus: the shared access key name).
+    pub username: String,
+    /// Only from the environment (`PCBRIDGE_AMQP__PASSWORD`); refused in config.toml.
+    #[serde(skip_serializing)]
+    pub password: Secret,
+    /// A file holding the password (Service Bus: the shared access key).
+    pub password_file: String,
+    /// Entra ID: `client-credentials` or `workload-identity`.
+    pub credential: EntraCredential,
+    /// Entra ID tenant; empty: `partner_center.tenant_id` or `AZURE_TENANT_ID`.
+    pub tenant_id: String,
+    /// Entra ID app; empty: `partner_center.client_id` or `AZURE_CLIENT_ID`.
+    pub client_id: String,
+    /// That app's secret, only from the environment (`PCBRIDGE_AMQP__CLIENT_SECRET`).
+    #[serde(skip_serializing)]
+    pub client_secret: Secret,
+    /// A file holding that app's secret.
+    pub client_secret_file: String,
+    /// Token scope; empty: `https://{host}/.default` (Service Bus: `https://servicebus.azure.net/.default` works too).
+    pub scope: String,
+    /// Longest wait between reconnection attempts after the broker went away.
+    pub reconnect_max_delay_ms: u64,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://127.0.0.1:5672".into(),
+            address: "{destination}".into(),
+            sign_in: AmqpSignIn::Plain,
+            username: "guest".into(),
+            password: Secret::default(),
+            password_file: String::new(),
+            credential: EntraCredential::ClientCredentials,
+            tenant_id: String::new(),
+            client_id: String::new(),
+            client_secret: Secret::default(),
+            client_secret_file: String::new(),
+            scope: String::new(),
+            reconnect_max_delay_ms: 5_000,
+        }
+    }
+}
+
+impl AmqpConfig {
+    /// The AMQP address of `destination`.
+    pub fn address_of(&self, destination: &str) -> String {
+        self.address.replace("{destination}", destination)
+    }
+
+    /// The host of `url`.
+    pub fn host(&self) -> Option<String> {
+        url::Url::parse(&self.url).ok()?.host_str().map(str::to_string)
+    }
+
+    /// The Entra ID scope of the tokens put on `$cbs`.
+    pub fn entra_scope(&self) -> Option<String> {
+        if !self.scope.is_empty() {
+            return Some(self.scope.clone());
+        }
+        self.host().map(|host| format!("https://{host}/.default"))
+    }
+
+    pub(super) fn validate_files(&self) -> Result<(), ConfigError> {
+        file_exists("amqp.password_file", &self.password_file)?;
+        file_exists("amqp.client_secret_file", &self.client_secret_file)
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let parsed = url::Url::parse(&self.url)
+            .map_err(|e| ConfigError::invalid("amqp.url", format!("{:?} is not a URL: {e}", redact_url(&self.url))))?;
+        if !matches!(parsed.scheme(), "amqp" | "amqps") || parsed.host_str().is_none() {
+            return invalid(
+                "amqp.url",
+                format!("{:?} must be amqp://host[:port] or amqps://host[:port]", redact_url(&self.url)),
+            );
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return invalid(
+                "amqp.url",
+                "holds credentials: use amqp.username and PCBRIDGE_AMQP__PASSWORD or amqp.password_file",
+            );
+        }
+        if !self.address.contains("{destination}") {
+            return invalid("amqp.address", format!("{:?} does not contain {{destination}}", self.address));
+        }
+        if self.sign_in == AmqpSignIn::Plain && self.username.is_empty() {
+            return invalid("amqp.username", "is empty and sign_in = \"plain\" needs it");
         }
         Ok(())
     }

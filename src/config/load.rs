@@ -55,6 +55,8 @@ fn refuse_secrets_in_file(file: &Figment, path: &Path) -> Result<(), ConfigError
         ("partner_center.refresh_token", "PCBRIDGE_PARTNER_CENTER__REFRESH_TOKEN"),
         ("kafka.event_hubs.connection_string", "PCBRIDGE_KAFKA__EVENT_HUBS__CONNECTION_STRING"),
         ("kafka.event_hubs.client_secret", "PCBRIDGE_KAFKA__EVENT_HUBS__CLIENT_SECRET"),
+        ("amqp.password", "PCBRIDGE_AMQP__PASSWORD"),
+        ("amqp.client_secret", "PCBRIDGE_AMQP__CLIENT_SECRET"),
     ] {
         if file.find_value(key).is_ok() {
             return refuse(key, env);

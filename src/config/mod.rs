@@ -24,8 +24,8 @@ mod tests;
 mod worker;
 
 pub use broker::{
-    BrokerConfig, BrokerKind, EntraCredential, EventHubsConfig, EventHubsSignIn, KafkaConfig, QueueType,
-    RabbitMqConfig, SECRET_KAFKA_PROPERTIES,
+    AmqpConfig, AmqpSignIn, BrokerConfig, BrokerKind, EntraCredential, EventHubsConfig, EventHubsSignIn, KafkaConfig,
+    QueueType, RabbitMqConfig, SECRET_KAFKA_PROPERTIES,
 };
 pub use ingress::IngressConfig;
 pub use process::{AdminConfig, LogConfig, LogFormat, ShutdownConfig};
@@ -88,6 +88,7 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub kafka: KafkaConfig,
     pub rabbitmq: RabbitMqConfig,
+    pub amqp: AmqpConfig,
     pub worker: WorkerConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -100,11 +101,13 @@ impl Config {
         self.ingress.validate()?;
         self.signature.validate()?;
         self.rabbitmq.validate_files()?;
+        self.amqp.validate_files()?;
         self.partner_center.validate()?;
         self.worker.validate()?;
         match self.broker.kind {
             BrokerKind::Kafka => self.kafka.validate(),
             BrokerKind::Rabbitmq => self.rabbitmq.validate(),
+            BrokerKind::Amqp => self.amqp.validate(),
         }
     }
 }

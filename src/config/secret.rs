@@ -85,6 +85,23 @@ impl Config {
         read_secret(&h.connection_string, &h.connection_string_file, "kafka.event_hubs.connection_string_file")
     }
 
+    /// The AMQP 1.0 SASL PLAIN password (environment, else file); none: `guest`.
+    pub fn amqp_password(&self) -> Result<Secret, ConfigError> {
+        let a = &self.amqp;
+        Ok(read_secret(&a.password, &a.password_file, "amqp.password_file")?.unwrap_or_else(|| Secret::new("guest")))
+    }
+
+    /// The client secret of the app that gets AMQP `$cbs` tokens: its own, else — when
+    /// no other app is named — the Partner Center app's.
+    pub fn amqp_client_secret(&self) -> Result<Option<Secret>, ConfigError> {
+        let a = &self.amqp;
+        match read_secret(&a.client_secret, &a.client_secret_file, "amqp.client_secret_file")? {
+            Some(secret) => Ok(Some(secret)),
+            None if a.client_id.is_empty() => self.client_secret(),
+            None => Ok(None),
+        }
+    }
+
     /// The client secret of the app that gets Event Hubs tokens: its own (environment,
     /// else file), else — when no other app is named — the Partner Center app's.
     pub fn event_hubs_client_secret(&self) -> Result<Option<Secret>, ConfigError> {

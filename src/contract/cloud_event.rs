@@ -1,7 +1,7 @@
 //! CloudEvents 1.0 in binary content mode: each message's context attributes travel as
 //! headers named by the broker's protocol binding — `ce_*` record headers and
-//! `content-type` on Kafka, `cloudEvents_*` application properties on AMQP
-//! (docs/message-contract.md).
+//! `content-type` on Kafka, `cloudEvents_*` headers on RabbitMQ (AMQP 0-9-1) and
+//! `cloudEvents:*` application properties on AMQP 1.0 (docs/message-contract.md).
 
 /// The CloudEvents spec version written on every message.
 pub const SPEC_VERSION: &str = "1.0";
@@ -66,6 +66,20 @@ pub const AMQP: Binding = Binding {
     content_type: None,
 };
 
+/// The AMQP 1.0 protocol binding (Azure Service Bus): `cloudEvents:` application
+/// properties, as the CloudEvents AMQP binding names them (the content type is the
+/// message's own `content-type` property).
+pub const AMQP_1_0: Binding = Binding {
+    prefix: "cloudEvents:",
+    specversion: "cloudEvents:specversion",
+    id: "cloudEvents:id",
+    source: "cloudEvents:source",
+    ty: "cloudEvents:type",
+    subject: "cloudEvents:subject",
+    time: "cloudEvents:time",
+    content_type: None,
+};
+
 impl CloudEvent {
     /// The attributes as `(header, value)` under `binding`, spec version first.
     pub fn headers<'a>(&'a self, binding: &Binding) -> impl Iterator<Item = (&'static str, &'a str)> {
@@ -120,7 +134,7 @@ mod tests {
             subject: Some("https://api.partnercenter.microsoft.com/v1/x".into()),
             time: None,
         };
-        for binding in [&KAFKA, &AMQP] {
+        for binding in [&KAFKA, &AMQP, &AMQP_1_0] {
             let mut headers: Vec<(String, String)> = vec![("pc-event-id".into(), "abc".into())];
             headers.extend(ce.headers(binding).map(|(k, v)| (k.to_string(), v.to_string())));
             if let Some(content_type) = binding.content_type {

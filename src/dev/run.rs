@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 /// `pcbridge dev` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
-    /// The broker: the embedded Kafka, or the RabbitMQ at rabbitmq.url.
+    /// The broker: the embedded Kafka, the RabbitMQ at rabbitmq.url, or AMQP 1.0 at
+    /// amqp.url (the local RabbitMQ's AMQP 1.0 plugin by default).
     #[arg(long, value_enum, default_value = "kafka")]
     pub broker: DevBroker,
     /// Events per second.
@@ -49,7 +50,7 @@ pub struct DevArgs {
     /// Percentage of resources that are gone (404) when the worker fetches them.
     #[arg(long, default_value_t = 2)]
     pub gone_percent: u32,
-    /// Destination prefix on RabbitMQ (kept apart from real destinations).
+    /// Destination prefix on RabbitMQ and AMQP 1.0 (kept apart from real destinations).
     #[arg(long, default_value = "pcbridge-dev.")]
     pub rabbitmq_prefix: String,
     /// Seconds to wait for the last outcomes after sending stopped.
@@ -61,6 +62,9 @@ pub struct DevArgs {
 pub enum DevBroker {
     Kafka,
     Rabbitmq,
+    /// AMQP 1.0, against the local RabbitMQ's AMQP 1.0 plugin (as Azure Service Bus
+    /// would be reached).
+    Amqp,
 }
 
 /// A `pcbridge dev` failure, phrased for the person who ran it.
@@ -99,7 +103,7 @@ pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) ->
             rdkafka::mocking::MockCluster::new(1)
                 .map_err(|e| err(format!("cannot start the embedded Kafka (librdkafka mock cluster): {e}")))?,
         ),
-        DevBroker::Rabbitmq => None,
+        DevBroker::Rabbitmq | DevBroker::Amqp => None,
     };
     let config = dev_config(config, &args, &sim, &anchors, mock.as_ref().map(|m| m.bootstrap_servers()));
     config.validate().map_err(|e| err(format!("the dev configuration is invalid: {e}")))?;
@@ -113,6 +117,10 @@ pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) ->
     let pipeline = Pipeline::start(&config, &args).await?;
     let broker_line = match &mock {
         Some(m) => format!("embedded Kafka (librdkafka mock cluster) at {}", m.bootstrap_servers()),
+        None if config.broker.kind == BrokerKind::Amqp => format!(
+            "AMQP 1.0 at {} (addresses {}, prefix {})",
+            config.amqp.url, config.amqp.address, config.broker.prefix
+        ),
         None => format!(
             "RabbitMQ at {} (exchange {}, prefix {})",
             config.rabbitmq.url, config.rabbitmq.exchange, config.broker.prefix
@@ -210,6 +218,9 @@ impl Pipeline {
         let hint = match config.broker.kind {
             BrokerKind::Rabbitmq => {
                 " — is RabbitMQ running at rabbitmq.url (PCBRIDGE_RABBITMQ__URL)? `make services` starts a local one"
+            }
+            BrokerKind::Amqp => {
+                " — is RabbitMQ running with its AMQP 1.0 plugin at amqp.url? `make services` starts and enables it"
             }
             BrokerKind::Kafka => "",
         };
@@ -393,6 +404,12 @@ fn dev_config(
             // Not the user's cluster settings (SASL…): the embedded broker has none.
             c.kafka.properties.clear();
             c.kafka.properties.insert("fetch.wait.max.ms".into(), "10".into());
+        }
+        None if args.broker == DevBroker::Amqp => {
+            c.broker.kind = BrokerKind::Amqp;
+            c.broker.prefix = args.rabbitmq_prefix.clone();
+            // RabbitMQ 3.x's AMQP 1.0 plugin: `/queue/{name}` declares a durable queue.
+            c.amqp.address = "/queue/{destination}".into();
         }
         None => {
             c.broker.kind = BrokerKind::Rabbitmq;

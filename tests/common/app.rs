@@ -62,8 +62,28 @@ pub fn config_trusting(kind: BrokerKind, prefix: &str, anchors_file: &Path, boot
     c.rabbitmq.url = format!("amqp://{RABBITMQ_ADDR}/%2f");
     c.rabbitmq.exchange = format!("{}exchange", c.broker.prefix);
     c.rabbitmq.reconnect_max_delay_ms = 300;
+    c.amqp.url = format!("amqp://{RABBITMQ_ADDR}");
+    c.amqp.address = super::bus::amqp::ADDRESS.into();
+    c.amqp.reconnect_max_delay_ms = 300;
     c.shutdown.drain_deadline_ms = 5_000;
     c
+}
+
+/// The environment that gives a `pcbridge` process the test's broker configuration
+/// (each kind's keys; only the chosen kind's are used).
+pub fn broker_env(c: &Config) -> Vec<(&'static str, String)> {
+    vec![
+        ("PCBRIDGE_BROKER__KIND", c.broker.kind.to_string()),
+        ("PCBRIDGE_BROKER__PREFIX", c.broker.prefix.clone()),
+        ("PCBRIDGE_BROKER__LAYOUT", c.broker.layout.to_string()),
+        ("PCBRIDGE_KAFKA__BOOTSTRAP_SERVERS", c.kafka.bootstrap_servers.clone()),
+        ("PCBRIDGE_KAFKA__CREATE_TOPICS", "false".into()),
+        ("PCBRIDGE_RABBITMQ__URL", c.rabbitmq.url.clone()),
+        ("PCBRIDGE_RABBITMQ__EXCHANGE", c.rabbitmq.exchange.clone()),
+        ("PCBRIDGE_AMQP__URL", c.amqp.url.clone()),
+        ("PCBRIDGE_AMQP__ADDRESS", c.amqp.address.clone()),
+        ("PCBRIDGE_AMQP__RECONNECT_MAX_DELAY_MS", c.amqp.reconnect_max_delay_ms.to_string()),
+    ]
 }
 
 /// A configuration for a worker (on top of an ingress configuration), pointed at the

@@ -5,12 +5,13 @@
 
 use super::{
     app::{TestApp, TestWorker, spawn_ingress, spawn_worker, worker_config},
-    bus::{Bus, kafka, output_queues, rabbitmq},
+    bus::{Bus, amqp, kafka, output_queues, rabbitmq},
     pc::Pc,
     pc_api::PcApi,
 };
 use lapin::{
-    options::{QueueBindOptions, QueueDeclareOptions},
+    Connection, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use pcbridge::config::Config;
@@ -98,27 +99,21 @@ impl Rig {
         let mut config = worker_config(bus.config(&pc), &api);
         config.worker.max_attempts = 8;
         tweak(&mut config);
-        let app = spawn_ingress(config.clone()).await;
+        let mut ingress_config = config.clone();
         let audit = match &bus {
-            Bus::Rabbit(conn) => {
-                let name = format!("{}audit", config.broker.prefix);
-                let ch = conn.create_channel().await.expect("channel");
-                let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-                ch.queue_declare(name.as_str().into(), durable, FieldTable::default()).await.expect("audit queue");
-                let pattern = format!("{}*", config.broker.prefix);
-                ch.queue_bind(
-                    name.as_str().into(),
-                    config.rabbitmq.exchange.as_str().into(),
-                    pattern.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .expect("bind audit queue");
-                Some(name)
+            Bus::Rabbit(conn) => Some(audit_queue(conn, &config, &[]).await),
+            // AMQP 1.0: the ingress sends through a topic exchange the test made (as an
+            // operator makes Service Bus entities), so that an audit queue sees every raw
+            // message; the worker reads and writes the queues themselves.
+            Bus::Amqp(conn) => {
+                let raw = config.broker.destinations().all_raw();
+                let audit = audit_queue(conn, &config, &raw).await;
+                ingress_config.amqp.address = format!("/exchange/{}/{{destination}}", config.rabbitmq.exchange);
+                Some(audit)
             }
             Bus::Kafka(_) => None,
         };
+        let app = spawn_ingress(ingress_config).await;
         let worker = Some(spawn_worker(&config).await);
         let run = uuid::Uuid::new_v4().simple().to_string();
         Self { bus, pc, api, config, app, worker, run, audit, seen: Mutex::new(Default::default()) }
@@ -187,12 +182,16 @@ impl Rig {
                 }
                 (raw, out, dead)
             }
-            Bus::Rabbit(conn) => {
+            Bus::Rabbit(_) | Bus::Amqp(_) => {
                 let mut seen = self.seen.lock().unwrap().clone();
                 let queues =
                     [(self.audit.clone().unwrap_or_default(), true), (d.enriched("subscription-updated"), false)];
                 for (queue, audit) in queues {
-                    for m in rabbitmq::drain(conn, &queue).await {
+                    let taken = match &self.bus {
+                        Bus::Rabbit(conn) => rabbitmq::drain(conn, &queue).await,
+                        _ => amqp::read(&queue, usize::MAX, Duration::ZERO).await,
+                    };
+                    for m in taken {
                         let headers = &m.headers;
                         let Some(id) = ours(&m.body, headers) else { continue };
                         if audit && headers.contains_key("pc-error-kind") {
@@ -243,6 +242,38 @@ impl Rig {
         extra.extend(self.audit.clone());
         self.bus.cleanup(&self.config, &extra).await;
     }
+}
+
+/// A durable queue bound to `{prefix}*` on the test's topic exchange (raw destinations and
+/// dead letters), read as a downstream audit would, since the worker consumes the raw
+/// queues; `queues` are declared too, each bound by its own name.
+async fn audit_queue(conn: &Connection, config: &Config, queues: &[String]) -> String {
+    let name = format!("{}audit", config.broker.prefix);
+    let exchange = config.rabbitmq.exchange.as_str();
+    let ch = conn.create_channel().await.expect("channel");
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare(exchange.into(), ExchangeKind::Topic, durable, FieldTable::default()).await.expect("exchange");
+    let bind = |queue: String, key: String| {
+        let ch = ch.clone();
+        async move {
+            let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+            ch.queue_declare(queue.as_str().into(), durable, FieldTable::default()).await.expect("queue");
+            ch.queue_bind(
+                queue.as_str().into(),
+                exchange.into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+        }
+    };
+    bind(name.clone(), format!("{}*", config.broker.prefix)).await;
+    for q in queues {
+        bind(q.clone(), q.clone()).await;
+    }
+    name
 }
 
 /// Posts `bodies`, signed, at `rate` per second to `url`; each non-2xx (or no answer)

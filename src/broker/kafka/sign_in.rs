@@ -5,7 +5,8 @@
 //! librdkafka by its token callback.
 
 use crate::broker::SetupError;
-use crate::config::{Config, EntraCredential, EventHubsSignIn, Secret};
+use crate::broker::entra::{Identity, shared_tokens};
+use crate::config::{Config, EventHubsSignIn, Secret};
 use crate::partner_center::token::{Grant, TokenProvider};
 use rdkafka::{ClientContext, client::OAuthToken, consumer::ConsumerContext, producer::ProducerContext};
 use std::{error::Error, sync::Arc, time::Duration, time::UNIX_EPOCH};
@@ -69,7 +70,11 @@ impl SignIn {
                         ("security.protocol", Secret::new("SASL_SSL")),
                         ("sasl.mechanism", Secret::new("OAUTHBEARER")),
                     ],
-                    oauth: Some(Arc::new(OAuth { tokens: shared_tokens(config, &scope)?, scope, runtime })),
+                    oauth: Some(Arc::new(OAuth {
+                        tokens: shared_tokens(config, &identity(config), &scope)?,
+                        scope,
+                        runtime,
+                    })),
                 })
             }
         }
@@ -97,58 +102,16 @@ impl SignIn {
     }
 }
 
-/// The token source of `config`'s Entra ID identity for `scope`, one per identity in the
-/// process: each role builds its producer and its consumer separately, and a
-/// [`TokenProvider`] of their own would make each fetch the same token.
-fn shared_tokens(config: &Config, scope: &str) -> Result<TokenProvider, SetupError> {
-    static SHARED: std::sync::Mutex<Vec<(String, TokenProvider)>> = std::sync::Mutex::new(Vec::new());
-    let h = &config.kafka.event_hubs;
-    let pc = &config.partner_center;
-    let identity = format!(
-        "{:?}|{}|{}|{}|{}|{}|{}",
-        h.credential, pc.token_base_url, pc.tenant_id, pc.client_id, h.tenant_id, h.client_id, scope
-    );
-    let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, tokens)) = shared.iter().find(|(k, _)| *k == identity) {
-        return Ok(tokens.clone());
-    }
-    let tokens = entra_tokens(config)?;
-    shared.push((identity, tokens.clone()));
-    Ok(tokens)
-}
-
-/// The token source of the Entra ID sign-in: the Partner Center app (or another) with
-/// its secret, or workload identity's federated token.
-fn entra_tokens(config: &Config) -> Result<TokenProvider, SetupError> {
+/// The Entra ID identity of `kafka.event_hubs`.
+fn identity(config: &Config) -> Identity<'_> {
     let hubs = &config.kafka.event_hubs;
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let or = |value: &str, fallback: Option<String>| if value.is_empty() { fallback } else { Some(value.to_string()) };
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| SetupError::Config(format!("kafka sign-in HTTP client: {e}")))?;
-    let missing = |what: &str| SetupError::Config(format!("kafka.event_hubs: {what}"));
-    match hubs.credential {
-        EntraCredential::ClientCredentials => {
-            let pc = &config.partner_center;
-            let tenant = or(&hubs.tenant_id, Some(pc.tenant_id.clone()).filter(|t| !t.is_empty()))
-                .ok_or_else(|| missing("no tenant (tenant_id, or partner_center.tenant_id)"))?;
-            let client = or(&hubs.client_id, Some(pc.client_id.clone()).filter(|c| !c.is_empty()))
-                .ok_or_else(|| missing("no app (client_id, or partner_center.client_id)"))?;
-            let secret = config.event_hubs_client_secret().map_err(|e| SetupError::Config(e.to_string()))?;
-            let secret = secret.ok_or_else(|| missing("no client secret (PCBRIDGE_KAFKA__EVENT_HUBS__CLIENT_SECRET, client_secret_file, or the Partner Center app's)"))?;
-            Ok(TokenProvider::new(http, &pc.token_base_url, &tenant, &client, Some(secret), None))
-        }
-        EntraCredential::WorkloadIdentity => {
-            let tenant = or(&hubs.tenant_id, env("AZURE_TENANT_ID"))
-                .ok_or_else(|| missing("no tenant (tenant_id or AZURE_TENANT_ID)"))?;
-            let client = or(&hubs.client_id, env("AZURE_CLIENT_ID"))
-                .ok_or_else(|| missing("no app (client_id or AZURE_CLIENT_ID)"))?;
-            let file = env("AZURE_FEDERATED_TOKEN_FILE").ok_or_else(|| missing("workload identity needs AZURE_FEDERATED_TOKEN_FILE (the pod's service account must be labelled azure.workload.identity/use)"))?;
-            let authority = env("AZURE_AUTHORITY_HOST").unwrap_or_else(|| config.partner_center.token_base_url.clone());
-            Ok(TokenProvider::new(http, &authority, &tenant, &client, None, None).with_federated_token_file(file))
-        }
+    Identity {
+        section: "kafka.event_hubs",
+        secret_env: "PCBRIDGE_KAFKA__EVENT_HUBS__CLIENT_SECRET",
+        credential: hubs.credential,
+        tenant_id: &hubs.tenant_id,
+        client_id: &hubs.client_id,
+        client_secret: Config::event_hubs_client_secret,
     }
 }
 

@@ -1,7 +1,9 @@
-//! The broker a test runs against ([`Bus`]: librdkafka's mock Kafka cluster or the real
-//! RabbitMQ), the test's own destination prefix, reading back what reached the broker
-//! ([`Received`]), and [`on_both_brokers!`] for a test that runs on each.
+//! The broker a test runs against ([`Bus`]: librdkafka's mock Kafka cluster, the real
+//! RabbitMQ, or AMQP 1.0 through RabbitMQ's plugin), the test's own destination prefix,
+//! reading back what reached the broker ([`Received`]), and [`on_both_brokers!`] /
+//! [`on_every_broker!`] for a test that runs on each.
 
+pub mod amqp;
 pub mod kafka;
 pub mod rabbitmq;
 
@@ -37,9 +39,39 @@ macro_rules! on_both_brokers {
 #[allow(unused_imports, reason = "compiled into every test binary, used by some")]
 pub(crate) use on_both_brokers;
 
+/// [`on_both_brokers!`] plus `$test::amqp`: the guarantee tests, which every broker kind
+/// passes, AMQP 1.0 (Azure Service Bus's protocol) included.
+#[allow(unused_macros, reason = "compiled into every test binary, used by some")]
+macro_rules! on_every_broker {
+    ($(#[$attr:meta])* $test:ident) => {
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])*
+            async fn kafka() {
+                super::$test(pcbridge::config::BrokerKind::Kafka).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])*
+            async fn rabbitmq() {
+                super::$test(pcbridge::config::BrokerKind::Rabbitmq).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])*
+            async fn amqp() {
+                super::$test(pcbridge::config::BrokerKind::Amqp).await;
+            }
+        }
+    };
+}
+#[allow(unused_imports, reason = "compiled into every test binary, used by some")]
+pub(crate) use on_every_broker;
+
 /// Runs `async fn $test(kind: BrokerKind, layout: Layout)` on each broker with each
 /// destination layout: a module `$test` with `kafka_per_event`, `kafka_per_category`,
-/// `kafka_single` and the same three on `rabbitmq_…`.
+/// `kafka_single`, the same three on `rabbitmq_…`, and AMQP 1.0 with the layout Service
+/// Bus users pick (`amqp_single`) and the default (`amqp_per_event`).
 #[allow(unused_macros, reason = "compiled into every test binary, used by some")]
 macro_rules! on_both_brokers_and_layouts {
     ($test:ident) => {
@@ -75,6 +107,16 @@ macro_rules! on_both_brokers_and_layouts {
             async fn rabbitmq_single() {
                 super::$test(BrokerKind::Rabbitmq, Layout::Single).await;
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn amqp_single() {
+                super::$test(BrokerKind::Amqp, Layout::Single).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn amqp_per_event() {
+                super::$test(BrokerKind::Amqp, Layout::PerEvent).await;
+            }
         }
     };
 }
@@ -100,14 +142,18 @@ pub struct Received {
     pub body: Vec<u8>,
     /// Kafka record headers, or AMQP headers.
     pub headers: BTreeMap<String, String>,
-    /// AMQP basic properties (message_id, content_type, delivery_mode).
+    /// AMQP basic properties (message_id, content_type, delivery_mode); on AMQP 1.0
+    /// message_id, content_type, group_id and durable.
     pub properties: BTreeMap<String, String>,
 }
 
-/// The broker a test runs against: librdkafka's mock cluster, or the real RabbitMQ.
+/// The broker a test runs against: librdkafka's mock cluster, the real RabbitMQ, or the
+/// real RabbitMQ over AMQP 1.0 (the connection counts and deletes the queues the plugin
+/// made; messages are read over AMQP 1.0).
 pub enum Bus {
     Kafka(rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
     Rabbit(Connection),
+    Amqp(Connection),
 }
 
 impl Bus {
@@ -115,6 +161,7 @@ impl Bus {
         match kind {
             BrokerKind::Kafka => Bus::Kafka(rdkafka::mocking::MockCluster::new(1).expect("mock cluster")),
             BrokerKind::Rabbitmq => Bus::Rabbit(rabbitmq::connect().await),
+            BrokerKind::Amqp => Bus::Amqp(rabbitmq::connect().await),
         }
     }
 
@@ -122,13 +169,14 @@ impl Bus {
         match self {
             Bus::Kafka(_) => BrokerKind::Kafka,
             Bus::Rabbit(_) => BrokerKind::Rabbitmq,
+            Bus::Amqp(_) => BrokerKind::Amqp,
         }
     }
 
     pub fn bootstrap(&self) -> String {
         match self {
             Bus::Kafka(m) => m.bootstrap_servers(),
-            Bus::Rabbit(_) => String::new(),
+            Bus::Rabbit(_) | Bus::Amqp(_) => String::new(),
         }
     }
 
@@ -166,6 +214,7 @@ impl Bus {
         match self {
             Bus::Kafka(m) => kafka::read(&m.bootstrap_servers(), &[destination], want, wait).await,
             Bus::Rabbit(c) => rabbitmq::read(c, destination, want, wait).await,
+            Bus::Amqp(_) => amqp::read(destination, want, wait).await,
         }
     }
 
@@ -175,7 +224,9 @@ impl Bus {
             Bus::Kafka(m) => {
                 kafka::read(&m.bootstrap_servers(), &[destination], usize::MAX, Duration::from_secs(2)).await.len()
             }
-            Bus::Rabbit(c) => rabbitmq::message_count(c, destination).await.expect("the queue exists") as usize,
+            Bus::Rabbit(c) | Bus::Amqp(c) => {
+                rabbitmq::message_count(c, destination).await.expect("the queue exists") as usize
+            }
         }
     }
 
@@ -185,7 +236,7 @@ impl Bus {
             Bus::Kafka(m) => {
                 kafka::count_prefix(&m.bootstrap_servers(), &config.broker.prefix, Duration::from_secs(3)).await
             }
-            Bus::Rabbit(c) => rabbitmq::count(c, &raw_and(config, extra)).await as usize,
+            Bus::Rabbit(c) | Bus::Amqp(c) => rabbitmq::count(c, &raw_and(config, extra)).await as usize,
         }
     }
 
@@ -198,6 +249,7 @@ impl Bus {
                 kafka::read_settled(&m.bootstrap_servers(), &[regex.as_str()], expect, wait).await
             }
             Bus::Rabbit(c) => rabbitmq::drain_settled(c, &raw_and(config, extra), expect, wait).await,
+            Bus::Amqp(_) => amqp::drain_settled(&raw_and(config, extra), expect, wait).await,
         }
     }
 
@@ -209,12 +261,13 @@ impl Bus {
                 kafka::read_settled(&m.bootstrap_servers(), &topics, expect, wait).await
             }
             Bus::Rabbit(c) => rabbitmq::drain_settled(c, destinations, expect, wait).await,
+            Bus::Amqp(_) => amqp::drain_settled(destinations, expect, wait).await,
         }
     }
 
     /// Removes what the test left on RabbitMQ (a mock Kafka cluster goes with the test).
     pub async fn cleanup(&self, config: &Config, extra: &[String]) {
-        if let Bus::Rabbit(c) = self {
+        if let Bus::Rabbit(c) | Bus::Amqp(c) = self {
             rabbitmq::cleanup(c, config, extra).await;
         }
     }
