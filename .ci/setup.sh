@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes a fresh machine ready for `make test`: the C build dependencies of rdkafka and,
-# for the tests, a running RabbitMQ on 127.0.0.1:5672 (guest/guest). Idempotent: it does
+# for the tests, a running RabbitMQ on 127.0.0.1:5672 (guest/guest) with its AMQP 1.0
+# plugin enabled. Idempotent: it does
 # nothing where everything is already there.
 #
 #   .ci/setup.sh build      only the build dependencies
@@ -46,9 +47,22 @@ build_deps() {
 
 rabbit_port_open() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
 
+# The AMQP 1.0 broker kind is tested against RabbitMQ's AMQP 1.0 plugin, which ships
+# with RabbitMQ and serves AMQP 1.0 on the same port once enabled (no restart).
+amqp_1_0() {
+  if rabbitmq-plugins list --enabled --minimal 2>/dev/null | grep -qx rabbitmq_amqp1_0; then
+    echo "setup: RabbitMQ's AMQP 1.0 plugin is enabled"
+    return
+  fi
+  need_root "RabbitMQ's AMQP 1.0 plugin" "rabbitmq-server  (then: sudo rabbitmq-plugins enable rabbitmq_amqp1_0)"
+  echo "setup: enabling RabbitMQ's AMQP 1.0 plugin"
+  rabbitmq-plugins enable rabbitmq_amqp1_0
+}
+
 services() {
   if rabbit_port_open; then
     echo "setup: RabbitMQ is listening on 127.0.0.1:5672"
+    amqp_1_0
     return
   fi
   if ! command -v rabbitmq-server >/dev/null; then
@@ -62,6 +76,7 @@ services() {
     if rabbit_port_open; then
       rabbitmqctl await_startup >/dev/null 2>&1 || true
       echo "setup: RabbitMQ is up"
+      amqp_1_0
       return
     fi
     sleep 1

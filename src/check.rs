@@ -71,12 +71,16 @@ async fn destinations(config: &Config) -> Check {
             detail: format!("all {} of the {layout} layout exist", names.len()),
         },
         Ok(missing) => {
-            let created_by_roles =
-                config.broker.kind == crate::config::BrokerKind::Rabbitmq || config.kafka.create_topics;
-            let what = if created_by_roles {
-                "the roles create them at start-up"
-            } else {
-                "create them (kafka.create_topics is false: on Event Hubs, in Azure)"
+            use crate::config::BrokerKind;
+            let created_by_roles = match config.broker.kind {
+                BrokerKind::Rabbitmq => true,
+                BrokerKind::Kafka => config.kafka.create_topics,
+                BrokerKind::Amqp => false,
+            };
+            let what = match config.broker.kind {
+                _ if created_by_roles => "the roles create them at start-up",
+                BrokerKind::Amqp => "create them (on Service Bus, in Azure: docs/azure.md)",
+                _ => "create them (kafka.create_topics is false: on Event Hubs, in Azure)",
             };
             Check {
                 name: "destinations",

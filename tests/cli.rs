@@ -171,6 +171,40 @@ async fn check_reaches_every_dependency() {
     let (ok, text) = check_output(&mut cmd);
     assert!(ok && text.contains("ok   destinations all 3 of the single layout exist"), "{text}");
 
+    // AMQP 1.0: the operator creates the entities (Service Bus, through Azure); the
+    // missing ones fail the check, by name. Against RabbitMQ's AMQP 1.0 plugin,
+    // `/amq/queue/{name}` names an existing queue only.
+    let amqp = |c: &mut Command| {
+        c.arg("check")
+            .env("PCBRIDGE_BROKER__KIND", "amqp")
+            .env("PCBRIDGE_BROKER__PREFIX", "checktest-amqp.")
+            .env("PCBRIDGE_BROKER__LAYOUT", "single")
+            .env("PCBRIDGE_AMQP__URL", "amqp://127.0.0.1:5672")
+            .env("PCBRIDGE_AMQP__ADDRESS", "/amq/queue/{destination}");
+    };
+    let mut cmd = pcbridge();
+    amqp(&mut cmd);
+    let (ok, text) = check_output(&mut cmd);
+    assert!(!ok && text.contains("ok   broker       amqp at 127.0.0.1:5672: connected"), "{text}");
+    assert!(text.contains("FAIL destinations 3 of 3 in the single layout missing"), "{text}");
+    let rabbit = common::bus::rabbitmq::connect().await;
+    let channel = rabbit.create_channel().await.expect("channel");
+    let queues = ["checktest-amqp.events", "checktest-amqp.events.enriched", "checktest-amqp.dead-letter"];
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    for q in &queues[..2] {
+        channel.queue_declare((*q).into(), durable, Default::default()).await.expect("declare");
+    }
+    let mut cmd = pcbridge();
+    amqp(&mut cmd);
+    let (ok, text) = check_output(&mut cmd);
+    assert!(
+        !ok && text.contains("1 of 3 in the single layout missing") && text.contains("checktest-amqp.dead-letter"),
+        "{text}"
+    );
+    for q in queues {
+        let _ = channel.queue_delete(q.into(), Default::default()).await;
+    }
+
     // Failures name what failed, and the exit status says so.
     let port = common::net::closed_port().await;
     let mut cmd = pcbridge();

@@ -88,6 +88,31 @@ async fn dev_runs_the_whole_pipeline_on_rabbitmq() {
     );
 }
 
+/// `pcbridge dev --broker amqp`: the pipeline over AMQP 1.0, against the local RabbitMQ's
+/// AMQP 1.0 plugin, one line per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_the_whole_pipeline_over_amqp_1_0() {
+    let bus = Bus::new(BrokerKind::Amqp).await;
+    let prefix = format!("{}dev.", common::bus::unique_prefix());
+    let mut cmd = pcbridge();
+    cmd.args(["dev", "--broker", "amqp", "--count", "48", "--rate", "40"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--rabbitmq-prefix", &prefix])
+        .args(["--throttle-percent", "0", "--gone-percent", "0"]);
+    let r = run(cmd).await;
+    let mut config = pcbridge::config::Config::default();
+    config.broker.prefix = prefix.clone();
+    bus.cleanup(&config, &output_queues(&config)).await;
+
+    assert_whole_run(&r, 48);
+    assert!(
+        r.stdout.contains(&format!(
+            "AMQP 1.0 at amqp://127.0.0.1:5672 (addresses /queue/{{destination}}, prefix {prefix})"
+        )),
+        "{}",
+        r.stdout
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulate_sends_signed_events_to_an_ingress_that_trusts_it() {
     let pki_dir = std::env::temp_dir().join(format!("pcbridge-sim-{}", uuid::Uuid::new_v4().simple()));
