@@ -344,6 +344,16 @@ pub struct AmqpConfig {
     pub client_secret_file: String,
     /// Token scope; empty: `https://{host}/.default` (Service Bus: `https://servicebus.azure.net/.default` works too).
     pub scope: String,
+    /// The worker's sources require sessions (Service Bus `requiresSession`): each
+    /// receiver link locks one session (one ordering key) at a time, so one resource's
+    /// events go to one replica at a time, in order.
+    pub sessions: bool,
+    /// With `sessions`: receiver links per source, each holding one session — how many
+    /// resources of a source one replica works on at once.
+    pub session_links: u16,
+    /// With `sessions`: a link that received nothing for this long, with nothing
+    /// unsettled, lets its session go and locks the next.
+    pub session_idle_ms: u64,
     /// Longest wait between reconnection attempts after the broker went away.
     pub reconnect_max_delay_ms: u64,
 }
@@ -363,6 +373,9 @@ impl Default for AmqpConfig {
             client_secret: Secret::default(),
             client_secret_file: String::new(),
             scope: String::new(),
+            sessions: false,
+            session_links: 8,
+            session_idle_ms: 1_000,
             reconnect_max_delay_ms: 5_000,
         }
     }

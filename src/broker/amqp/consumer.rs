@@ -1,28 +1,13 @@
-//! AMQP 1.0 consumption: one receiver link per source (each in its own session), in
-//! peek-lock mode — deliveries stay unsettled until the worker acknowledges them, and
-//! the link's credit is refilled only as they are settled, so at most `worker.prefetch`
-//! are held per link. A broken connection is replaced with backoff; on shutdown the
-//! unsettled deliveries are released, so the broker delivers them again at once.
-//!
-//! [`AmqpBacklog`] reads a destination once for `pcbridge replay`: what it removes is
-//! accepted, what it leaves is released when the read ends.
+//! AMQP 1.0 consumption: a connection with the receiver links of every source (each in
+//! an AMQP session of its own, [`super::receiver`]), replaced with backoff when a link
+//! fails or the connection closes, and the `$cbs` tokens renewed before they expire.
 
 use super::connection::{Endpoint, reconnect_delays, renewal_due};
-use super::message::{Received, to_delivery};
-use crate::broker::{AckInner, AckToken, Backlog, Consumer, Delivery, SetupError};
+use super::receiver::{Sink, attach, receive, receive_sessions};
+use crate::broker::{AckInner, AckToken, Consumer, Delivery, SetupError};
 use crate::config::Config;
-use fe2o3_amqp::{
-    Receiver, Session,
-    connection::ConnectionHandle,
-    link::{delivery::DeliveryInfo, receiver::CreditMode},
-    session::SessionHandle,
-};
-use fe2o3_amqp_types::{
-    definitions::ReceiverSettleMode,
-    messaging::{Source, TerminusDurability},
-};
+use fe2o3_amqp::{Session, connection::ConnectionHandle};
 use std::{
-    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -52,6 +37,9 @@ struct Settings {
     /// Credit of each link: unsettled deliveries it may hold.
     prefetch: u32,
     client_name: String,
+    /// Session-enabled sources (`amqp.sessions`): links per source, each locking one
+    /// session at a time, and how long an idle one keeps its session.
+    sessions: Option<(u16, Duration)>,
 }
 
 impl AmqpConsumer {
@@ -64,6 +52,9 @@ impl AmqpConsumer {
             sources,
             prefetch: u32::from(config.worker.prefetch).max(1),
             client_name: client_name.to_string(),
+            sessions: config.amqp.sessions.then(|| {
+                (config.amqp.session_links.max(1), Duration::from_millis(config.amqp.session_idle_ms.max(10)))
+            }),
         };
         let (tx, rx) = mpsc::channel(usize::from(config.worker.prefetch).max(16));
         let first = open(&settings, &tx).await.map_err(SetupError::Refused)?;
@@ -74,7 +65,7 @@ impl AmqpConsumer {
     }
 }
 
-/// A connection with a receiving task per source.
+/// A connection with the receiving tasks of every source.
 struct Open {
     connection: ConnectionHandle<()>,
     links: JoinSet<Result<(), String>>,
@@ -89,101 +80,26 @@ async fn open(s: &Settings, tx: &mpsc::Sender<Delivery>) -> Result<Open, String>
     let addresses: Vec<String> = s.sources.iter().map(|d| s.endpoint.address(d)).collect();
     let expires = s.endpoint.authorize(&mut connection, &addresses).await?;
     let stop = CancellationToken::new();
+    let sink = Sink { tx: tx.clone(), prefetch: s.prefetch, stop: stop.clone() };
+    let failed = |e| format!("{}: {e}", s.endpoint.describe());
     let mut links = JoinSet::new();
     for (source, address) in s.sources.iter().zip(&addresses) {
-        let (session, receiver) = attach(&mut connection, &format!("{}-{source}", s.client_name), address)
-            .await
-            .map_err(|e| format!("{}: {e}", s.endpoint.describe()))?;
-        links.spawn(receive(source.clone(), session, receiver, tx.clone(), s.prefetch, stop.clone()));
+        let name = format!("{}-{source}", s.client_name);
+        match s.sessions {
+            None => {
+                let (session, receiver) = attach(&mut connection, &name, address).await.map_err(failed)?;
+                links.spawn(receive(source.clone(), session, receiver, sink.clone()));
+            }
+            Some((count, idle)) => {
+                for i in 0..count {
+                    let session = Session::begin(&mut connection).await.map_err(|e| failed(e.to_string()))?;
+                    let (source, address, name) = (source.clone(), address.clone(), format!("{name}-{i}"));
+                    links.spawn(receive_sessions(source, address, name, session, sink.clone(), idle));
+                }
+            }
+        }
     }
     Ok(Open { connection, links, expires, stop })
-}
-
-/// A session and a peek-lock receiver on `address`, with no credit yet.
-pub(super) async fn attach(
-    connection: &mut ConnectionHandle<()>,
-    name: &str,
-    address: &str,
-) -> Result<(SessionHandle<()>, Receiver), String> {
-    let mut session = Session::begin(connection).await.map_err(|e| format!("begin a session: {e}"))?;
-    let receiver = Receiver::builder()
-        .name(name)
-        .source(Source::builder().address(address).durable(TerminusDurability::UnsettledState).build())
-        .receiver_settle_mode(ReceiverSettleMode::First)
-        .credit_mode(CreditMode::Manual)
-        .auto_accept(false)
-        .attach(&mut session)
-        .await
-        .map_err(|e| format!("attach a receiver to {address}: {e}"))?;
-    Ok((session, receiver))
-}
-
-/// One source's receiving task: hands deliveries to the worker, accepts those the worker
-/// acknowledges, and keeps the link's credit at `prefetch` minus what is unsettled.
-async fn receive(
-    source: String,
-    mut session: SessionHandle<()>,
-    mut receiver: Receiver,
-    tx: mpsc::Sender<Delivery>,
-    prefetch: u32,
-    stop: CancellationToken,
-) -> Result<(), String> {
-    let (acks, mut acked) = mpsc::unbounded_channel::<u64>();
-    let mut unsettled: HashMap<u64, DeliveryInfo> = HashMap::new();
-    let mut next_id = 0u64;
-    // Settled since credit was last granted: credit is topped up in batches, not per
-    // message, to spare the broker a flow frame per delivery.
-    let mut settled_since_flow = 0u32;
-    let refill_at = (prefetch / 4).max(1);
-    receiver.set_credit(prefetch).await.map_err(|e| format!("{source}: credit: {e}"))?;
-    let result = loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break Ok(()),
-            Some(id) = acked.recv() => {
-                let Some(info) = unsettled.remove(&id) else { continue };
-                if let Err(e) = receiver.accept(info).await {
-                    break Err(format!("{source}: accept: {e}"));
-                }
-                settled_since_flow += 1;
-                if settled_since_flow >= refill_at {
-                    settled_since_flow = 0;
-                    let credit = prefetch.saturating_sub(unsettled.len() as u32);
-                    if let Err(e) = receiver.set_credit(credit).await {
-                        break Err(format!("{source}: credit: {e}"));
-                    }
-                }
-            }
-            received = receiver.recv::<fe2o3_amqp_types::messaging::Body<fe2o3_amqp_types::primitives::Value>>() => {
-                let delivery: Received = match received {
-                    Ok(d) => d,
-                    Err(e) => break Err(format!("{source}: receive: {e}")),
-                };
-                let (info, message) = delivery.into_parts();
-                let id = next_id;
-                next_id += 1;
-                unsettled.insert(id, info);
-                let token = AckToken(AckInner::Amqp { link: acks.clone(), id });
-                if tx.send(to_delivery(&source, message, token)).await.is_err() {
-                    break Ok(());
-                }
-            }
-        }
-    };
-    // Nothing unacknowledged is lost: released, the broker delivers it again at once
-    // (here after a reconnect, or to another replica). Acks that raced the stop are
-    // accepted first.
-    while let Ok(id) = acked.try_recv() {
-        if let Some(info) = unsettled.remove(&id) {
-            let _ = receiver.accept(info).await;
-        }
-    }
-    for (_, info) in unsettled.drain() {
-        let _ = receiver.release(info).await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), receiver.detach()).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), session.end()).await;
-    result
 }
 
 /// Receives until stopped; when a link fails or the connection closes, closes the
@@ -273,102 +189,5 @@ impl Consumer for AmqpConsumer {
         if let Some(task) = self.task.lock().await.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
-    }
-}
-
-/// How long a backlog read waits for one more message before it takes the destination
-/// as read: AMQP 1.0 has no portable way to ask a queue's depth.
-const BACKLOG_IDLE: Duration = Duration::from_secs(2);
-
-/// The messages a destination held when the read began, read into memory at open (so
-/// their number is known) and left unsettled: removing accepts, finishing releases the
-/// rest, which the broker keeps in place.
-pub(crate) struct AmqpBacklog {
-    connection: ConnectionHandle<()>,
-    session: SessionHandle<()>,
-    receiver: Receiver,
-    read: std::collections::VecDeque<(DeliveryInfo, Delivery)>,
-    /// Deliveries handed out and not removed, released at the end.
-    kept: HashMap<u64, DeliveryInfo>,
-    size: u64,
-}
-
-impl AmqpBacklog {
-    pub async fn open(config: &Config, destination: &str) -> Result<Self, SetupError> {
-        let endpoint = Endpoint::from_config(config)?;
-        let address = endpoint.address(destination);
-        let mut connection = endpoint
-            .connect(&format!("pcbridge-replay-{}", uuid::Uuid::new_v4()))
-            .await
-            .map_err(SetupError::Unreachable)?;
-        endpoint.authorize(&mut connection, std::slice::from_ref(&address)).await.map_err(SetupError::Refused)?;
-        let (session, mut receiver) = attach(&mut connection, "pcbridge-replay", &address)
-            .await
-            .map_err(|e| SetupError::Refused(format!("{}: {destination} cannot be read: {e}", endpoint.describe())))?;
-        let (acks, _) = mpsc::unbounded_channel();
-        let mut read = std::collections::VecDeque::new();
-        receiver.set_credit(500).await.map_err(|e| SetupError::Refused(format!("amqp credit: {e}")))?;
-        let mut since_credit = 0;
-        loop {
-            let received = match tokio::time::timeout(
-                BACKLOG_IDLE,
-                receiver.recv::<fe2o3_amqp_types::messaging::Body<fe2o3_amqp_types::primitives::Value>>(),
-            )
-            .await
-            {
-                Ok(Ok(d)) => d,
-                Ok(Err(e)) => return Err(SetupError::Refused(format!("amqp read of {destination}: {e}"))),
-                Err(_) => break,
-            };
-            let (info, message) = received.into_parts();
-            let id = read.len() as u64;
-            read.push_back((
-                info,
-                to_delivery(destination, message, AckToken(AckInner::Amqp { link: acks.clone(), id })),
-            ));
-            since_credit += 1;
-            if since_credit == 500 {
-                since_credit = 0;
-                receiver.set_credit(500).await.map_err(|e| SetupError::Refused(format!("amqp credit: {e}")))?;
-            }
-        }
-        let size = read.len() as u64;
-        Ok(Self { connection, session, receiver, read, kept: HashMap::new(), size })
-    }
-}
-
-#[async_trait::async_trait]
-impl Backlog for AmqpBacklog {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn removes(&self) -> bool {
-        true
-    }
-
-    async fn next(&mut self) -> Option<Delivery> {
-        let (info, delivery) = self.read.pop_front()?;
-        let AckToken(AckInner::Amqp { id, .. }) = &delivery.ack else { return Some(delivery) };
-        self.kept.insert(*id, info);
-        Some(delivery)
-    }
-
-    async fn remove(&mut self, token: AckToken) -> Result<(), SetupError> {
-        let AckToken(AckInner::Amqp { id, .. }) = token else { return Ok(()) };
-        let Some(info) = self.kept.remove(&id) else { return Ok(()) };
-        self.receiver.accept(info).await.map_err(|e| SetupError::Unreachable(format!("amqp accept: {e}")))
-    }
-
-    async fn finish(mut self: Box<Self>) {
-        let kept: Vec<DeliveryInfo> =
-            self.kept.drain().map(|(_, i)| i).chain(self.read.drain(..).map(|(i, _)| i)).collect();
-        for info in kept {
-            let _ = self.receiver.release(info).await;
-        }
-        let Self { mut connection, mut session, receiver, .. } = *self;
-        let _ = tokio::time::timeout(Duration::from_secs(2), receiver.detach()).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), session.end()).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), connection.close()).await;
     }
 }

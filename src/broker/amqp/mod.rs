@@ -1,16 +1,19 @@
 //! AMQP 1.0 through fe2o3-amqp — Azure Service Bus, or any AMQP 1.0 broker (RabbitMQ's
 //! AMQP 1.0 plugin in the tests): an address per destination from `amqp.address`
 //! ([`connection`]), unsettled durable transfers settled by the broker's `accepted`
-//! ([`publisher`]), peek-lock receivers ([`consumer`]), and the message mapping
-//! ([`message`]). Nothing here is Service-Bus-only but the `$cbs` token for the Entra ID
+//! ([`publisher`]), peek-lock receivers ([`receiver`], [`consumer`]), one-off reads for
+//! `replay` ([`backlog`]), and the message mapping ([`message`]). Nothing here is Service-Bus-only but the `$cbs` token for the Entra ID
 //! sign-in. Entities are created by the operator; [`missing`] says which are absent.
 
+mod backlog;
 mod connection;
 mod consumer;
 mod message;
 mod publisher;
+mod receiver;
 
-pub(crate) use consumer::{AmqpBacklog, AmqpConsumer};
+pub(crate) use backlog::AmqpBacklog;
+pub(crate) use consumer::AmqpConsumer;
 pub(crate) use publisher::AmqpPublisher;
 
 use crate::broker::SetupError;
@@ -38,7 +41,7 @@ pub(crate) async fn missing(config: &Config, names: &[String]) -> Result<Vec<Str
             missing.push(name.clone());
             continue;
         }
-        match consumer::attach(&mut connection, "pcbridge-check", &address).await {
+        match receiver::attach(&mut connection, "pcbridge-check", &address).await {
             Ok((mut session, receiver)) => {
                 let _ = tokio::time::timeout(Duration::from_secs(2), receiver.close()).await;
                 let _ = tokio::time::timeout(Duration::from_secs(2), session.end()).await;
