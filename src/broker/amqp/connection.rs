@@ -196,3 +196,77 @@ pub(crate) fn reconnect_delays(max: Duration) -> impl Iterator<Item = Duration> 
         .without_max_times()
         .build()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BrokerKind, Secret};
+
+    fn amqp(url: &str, sign_in: AmqpSignIn) -> Config {
+        let mut c = Config::default();
+        c.broker.kind = BrokerKind::Amqp;
+        c.amqp.url = url.into();
+        c.amqp.sign_in = sign_in;
+        c
+    }
+
+    #[test]
+    fn service_bus_with_a_shared_access_key_is_tls_and_sasl_plain() {
+        let mut c = amqp("amqps://contoso.servicebus.windows.net", AmqpSignIn::Plain);
+        c.amqp.username = "pcbridge-send-listen".into();
+        c.amqp.password = Secret::new("key==");
+        c.validate().expect("valid");
+        let e = Endpoint::from_config(&c).expect("endpoint");
+        assert_eq!((e.host.as_str(), e.port, e.tls), ("contoso.servicebus.windows.net", 5671, true));
+        assert!(
+            matches!(&e.sasl, SaslProfile::Plain { username, password } if username == "pcbridge-send-listen" && password == "key=="),
+            "{:?}",
+            e.sasl
+        );
+        assert!(e.cbs.is_none());
+        assert_eq!(e.address("partnercenter.events"), "partnercenter.events");
+        c.amqp.address = "/queue/{destination}".into();
+        assert_eq!(Endpoint::from_config(&c).expect("endpoint").address("x.y"), "/queue/x.y");
+    }
+
+    #[test]
+    fn entra_id_signs_in_anonymously_and_puts_tokens_for_the_namespace_scope() {
+        crate::partner_center::install_crypto_provider();
+        let mut c = amqp("amqps://contoso.servicebus.windows.net", AmqpSignIn::EntraId);
+        c.partner_center.tenant_id = "tenant".into();
+        c.partner_center.client_id = "app".into();
+        c.partner_center.client_secret = Secret::new("s");
+        let e = Endpoint::from_config(&c).expect("endpoint");
+        assert!(matches!(e.sasl, SaslProfile::Anonymous));
+        let cbs = e.cbs.as_ref().expect("tokens for $cbs");
+        assert_eq!(cbs.scope, "https://contoso.servicebus.windows.net/.default");
+        // Another app without its secret: no token to put.
+        c.amqp.client_id = "another-app".into();
+        assert!(matches!(Endpoint::from_config(&c), Err(SetupError::Config(_))));
+    }
+
+    #[test]
+    fn urls_and_addresses_are_checked() {
+        let mut c = amqp("amqp://127.0.0.1", AmqpSignIn::None);
+        c.validate().expect("valid");
+        let e = Endpoint::from_config(&c).expect("endpoint");
+        assert_eq!((e.port, e.tls), (5672, false));
+        assert!(matches!(e.sasl, SaslProfile::Anonymous));
+        c.amqp.url = "amqp://user:pw@127.0.0.1".into();
+        assert!(c.validate().is_err_and(|e| e.to_string().contains("credentials")));
+        c.amqp.url = "http://127.0.0.1".into();
+        assert!(c.validate().is_err());
+        c.amqp.url = "amqp://127.0.0.1:5673".into();
+        c.amqp.address = "/queue/fixed".into();
+        assert!(c.validate().is_err_and(|e| e.to_string().contains("{destination}")));
+    }
+
+    #[test]
+    fn tokens_are_put_again_five_minutes_before_they_expire() {
+        let now = tokio::time::Instant::now();
+        let due = renewal_due(Some(SystemTime::now() + Duration::from_secs(3600))).expect("due");
+        let ahead = due.duration_since(now);
+        assert!(ahead > Duration::from_secs(3290) && ahead < Duration::from_secs(3301), "{ahead:?}");
+        assert_eq!(renewal_due(None), None);
+    }
+}
