@@ -51,11 +51,22 @@ async fn kafka_broker_down_gives_503_then_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_unreachable_gives_503_then_recovers() {
+    unreachable_gives_503_then_recovers(BrokerKind::Rabbitmq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_unreachable_gives_503_then_recovers() {
+    unreachable_gives_503_then_recovers(BrokerKind::Amqp).await;
+}
+
+/// RabbitMQ, over AMQP 0-9-1 or 1.0, cut off by a proxy and let back.
+async fn unreachable_gives_503_then_recovers(kind: BrokerKind) {
     let pc = Pc::new().await;
-    let bus = Bus::new(BrokerKind::Rabbitmq).await;
+    let bus = Bus::new(kind).await;
     let proxy = net::Proxy::start(RABBITMQ_ADDR).await;
     let mut config = bus.config(&pc);
     config.rabbitmq.url = format!("amqp://{}/%2f", proxy.addr);
+    config.amqp.url = format!("amqp://{}", proxy.addr);
     let app = spawn_ingress(config).await;
     let headers = pc.headers(EVENT);
     assert_eq!(app.post(EVENT.to_vec(), &headers).await.0, 200);
@@ -207,4 +218,48 @@ async fn shutdown_finishes_in_flight_requests() {
     mock.broker_round_trip_time(1, Duration::ZERO).expect("rtt");
     let all = bus.read_all(&config, &[], 2, Duration::from_secs(10)).await;
     assert_eq!(all.len(), 2, "the warm-up event and the one answered during shutdown");
+}
+
+/// AMQP 1.0: a transfer the broker does not accept is not stored, and is answered 503 so
+/// that Partner Center sends it again. RabbitMQ refuses a message to a full queue that
+/// rejects publishes (`x-overflow: reject-publish`); once there is room, the same event
+/// is accepted on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_refused_transfer_gives_503() {
+    use lapin::{options::QueueDeclareOptions, types::AMQPValue, types::FieldTable};
+    let pc = Pc::new().await;
+    let bus = Bus::new(BrokerKind::Amqp).await;
+    let mut config = bus.config(&pc);
+    // The operator's queue, at an address that does not declare it.
+    config.amqp.address = "/amq/queue/{destination}".into();
+    let raw = config.broker.destinations().raw("subscription-updated");
+    let Bus::Amqp(rabbit) = &bus else { unreachable!() };
+    let channel = rabbit.create_channel().await.expect("channel");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(raw.as_str().into(), durable, args).await.expect("declare");
+    let app = spawn_ingress(config).await;
+
+    let first = br#"{"EventName":"subscription-updated","ResourceUri":"https://api.partnercenter.microsoft.com/v1/customers/c/subscriptions/1"}"#;
+    assert_eq!(app.post(first.to_vec(), &pc.headers(first)).await.0, 200);
+    // The queue is full: refused, not stored, 503. (RabbitMQ 3.10's plugin sends no
+    // outcome for it at all: the publish times out, and the silent connection is replaced.)
+    let (status, json) = app.post(EVENT.to_vec(), &pc.headers(EVENT)).await;
+    assert_eq!(status, 503, "{json}");
+    assert!(["broker_unavailable", "broker_timeout"].contains(&json["error"].as_str().unwrap_or_default()), "{json}");
+    // (Read through AMQP 0-9-1: the reader's `/queue/` address would declare the queue
+    // without its arguments.)
+    let held = common::bus::rabbitmq::read(rabbit, &raw, 10, Duration::from_secs(1)).await;
+    assert_eq!(held.len(), 1, "only the accepted event is stored");
+    // Room again (the read took the first): Partner Center's retry is accepted.
+    let seen = post_until_ok(&app, EVENT, &pc.headers(EVENT), Duration::from_secs(10)).await;
+    assert_eq!(seen.last(), Some(&200), "{seen:?}");
+    let stored = common::bus::rabbitmq::read(rabbit, &raw, 10, Duration::from_secs(1)).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].body, EVENT);
+    let config = app.config.clone();
+    app.stop().await.expect("clean stop");
+    bus.cleanup(&config, &[]).await;
 }
