@@ -212,6 +212,19 @@ pub async fn connect(
     })
 }
 
+/// Delays between reconnection attempts of a broker client: from 100 ms, doubling up to
+/// `max`, jittered so that many clients do not reconnect in step after a broker restart;
+/// never giving up.
+pub(crate) fn reconnect_delays(max: Duration) -> impl Iterator<Item = Duration> {
+    use backon::{BackoffBuilder, ExponentialBuilder};
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Which of the destinations `names` the broker does not have, changing nothing (for
 /// `pcbridge check`: on Event Hubs the operator creates them).
 pub async fn missing(config: &Config, names: &[String]) -> Result<Vec<String>, SetupError> {

@@ -7,7 +7,6 @@ use crate::broker::SetupError;
 use crate::broker::entra::{Identity, shared_tokens};
 use crate::config::{AmqpSignIn, Config};
 use crate::partner_center::token::{Grant, TokenProvider};
-use backon::{BackoffBuilder, ExponentialBuilder};
 use fe2o3_amqp::{Connection, connection::ConnectionHandle, sasl_profile::SaslProfile, session::Session};
 use fe2o3_amqp_cbs::{client::CbsClient, token::CbsToken};
 use fe2o3_amqp_types::primitives::Timestamp;
@@ -184,17 +183,6 @@ fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
-/// Delays between reconnection attempts: from 100 ms, doubling up to `max`, jittered;
-/// never giving up.
-pub(crate) fn reconnect_delays(max: Duration) -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 #[cfg(test)]

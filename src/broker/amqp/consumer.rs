@@ -2,8 +2,9 @@
 //! an AMQP session of its own, [`super::receiver`]), replaced with backoff when a link
 //! fails or the connection closes, and the `$cbs` tokens renewed before they expire.
 
-use super::connection::{Endpoint, reconnect_delays, renewal_due};
+use super::connection::{Endpoint, renewal_due};
 use super::receiver::{Sink, attach, receive, receive_sessions};
+use crate::broker::reconnect_delays;
 use crate::broker::{AckInner, AckToken, Consumer, Delivery, SetupError};
 use crate::config::Config;
 use fe2o3_amqp::{Session, connection::ConnectionHandle};

@@ -10,8 +10,9 @@
 //! so a disposition that does not come within `ingress.publish_timeout_ms` condemns the
 //! connection too.
 
-use super::connection::{Endpoint, reconnect_delays, renewal_due};
+use super::connection::{Endpoint, renewal_due};
 use super::message::to_sendable;
+use crate::broker::reconnect_delays;
 use crate::broker::{Message, PublishError, Publisher, SetupError};
 use crate::config::Config;
 use crate::telemetry::Metrics;

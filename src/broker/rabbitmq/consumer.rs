@@ -5,7 +5,8 @@
 //! [`RabbitBacklog`] drains a queue once for `pcbridge replay`: what it removes is
 //! acknowledged, what it leaves is requeued when its channel closes.
 
-use super::topology::{amqp_uri, declare_exchange, declare_queue, reconnect_delays};
+use super::topology::{amqp_uri, declare_exchange, declare_queue};
+use crate::broker::reconnect_delays;
 use crate::broker::{AckInner, AckToken, Consumer, Delivery, SetupError};
 use crate::config::{Config, QueueType, redact_url};
 use crate::contract::cloud_event::{self, CloudEvent};

@@ -6,7 +6,8 @@
 //! it is written to disk (or, for quorum queues, to a majority of replicas). An
 //! unroutable message is returned before its confirm and is treated as a failure.
 
-use super::topology::{amqp_uri, declare_exchange, declare_queue, reconnect_delays};
+use super::topology::{amqp_uri, declare_exchange, declare_queue};
+use crate::broker::reconnect_delays;
 use crate::broker::{Message, PublishError, Publisher, SetupError};
 use crate::config::{Config, QueueType, redact_url};
 use crate::contract::cloud_event::AMQP;

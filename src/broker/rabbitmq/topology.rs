@@ -1,10 +1,9 @@
 //! RabbitMQ topology and connection settings shared by the publisher and the consumer:
 //! the durable topic exchange, a durable queue per destination bound by its own name, the
-//! AMQP URI with its credentials, and the reconnection schedule.
+//! AMQP URI with its credentials.
 
 use crate::broker::SetupError;
 use crate::config::{Config, QueueType, RabbitMqConfig, redact_url};
-use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::{
     Channel, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
@@ -58,15 +57,4 @@ pub(crate) fn amqp_uri(rmq: &RabbitMqConfig, config: &Config) -> Result<AMQPUri,
         uri.query.connection_timeout = Some(5_000);
     }
     Ok(uri)
-}
-
-/// Delays between reconnection attempts: from 100 ms, doubling up to `max`, jittered so
-/// that many clients do not reconnect in step after a broker restart; never giving up.
-pub(crate) fn reconnect_delays(max: Duration) -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
