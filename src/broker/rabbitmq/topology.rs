@@ -10,7 +10,6 @@ use lapin::{
     types::{AMQPValue, FieldTable},
     uri::AMQPUri,
 };
-use std::time::Duration;
 
 /// Declares the durable queue `name`, bound to `exchange` with routing key `name`.
 pub(crate) async fn declare_queue(
