@@ -53,6 +53,17 @@ fn check_raw_message(m: &Received, name: &str, body: &[u8], pc: &Pc, kind: Broke
     let h = &m.headers;
     assert_eq!(h["pc-event-id"], id, "{name}");
     assert_eq!(h["pc-event-name"], name);
+    // The change key: the audit record when the event names one, else the resource and
+    // its change time, else the event id.
+    let audit = event["AuditUri"].as_str().and_then(|u| u.rsplit_once("/auditrecords/")).map(|(_, id)| id);
+    let change_key = &h["pc-change-key"];
+    match (audit, &resource_uri) {
+        (Some(record), _) => assert_eq!(change_key, &format!("audit:{record}"), "{name}"),
+        (None, Some(resource)) => {
+            assert!(change_key.starts_with(&format!("{name}|{resource}|")), "{name}: {change_key}")
+        }
+        (None, None) => assert_eq!(change_key, &format!("event:{id}"), "{name}"),
+    }
     let received = OffsetDateTime::parse(&h["pc-received-at"], &Rfc3339).expect("pc-received-at is RFC 3339");
     assert!((OffsetDateTime::now_utc() - received).whole_seconds().abs() < 120);
     assert!(h["pc-received-at"].ends_with('Z'), "UTC");

@@ -145,6 +145,7 @@ async fn end_to_end_with(kind: BrokerKind, layout: Layout, tweak: impl FnOnce(&m
         // Same headers as the raw message, CloudEvents type suffixed.
         assert_eq!(m.headers["pc-event-name"], name.as_str());
         assert!(m.headers.contains_key("pc-signature") && m.headers.contains_key("traceparent"));
+        assert!(m.headers.get("pc-change-key").is_some_and(|k| !k.is_empty()), "{name}: the change key is kept");
         let ce_type = match kind {
             BrokerKind::Kafka => &m.headers["ce_type"],
             BrokerKind::Rabbitmq => &m.headers["cloudEvents_type"],

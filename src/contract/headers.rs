@@ -14,6 +14,9 @@ pub const SIGNATURE: &str = "pc-signature";
 pub const CERTIFICATE_URL: &str = "pc-certificate-url";
 /// The `X-MS-Signature-Algorithm` (`rsa-sha256`).
 pub const SIGNATURE_ALGORITHM: &str = "pc-signature-algorithm";
+/// The change this event reports, the same by webhook and by reconciliation (see
+/// [`super::change_key`]): downstream deduplicates on it across both paths.
+pub const CHANGE_KEY: &str = "pc-change-key";
 /// W3C trace context of the hop that published the raw message.
 pub const TRACEPARENT: &str = "traceparent";
 /// Dead letters: why (`permanent`, `retries-exhausted`, … see [`super::envelope::error_kind`]).

@@ -1,5 +1,6 @@
 //! pcbridge's own message contract, in one place: the header names every message
-//! carries ([`headers`]) and its CloudEvents attributes ([`cloud_event`]), how
+//! carries ([`headers`]), its CloudEvents attributes ([`cloud_event`]), the change key
+//! that names one Partner Center change on every path ([`change_key`]), how
 //! destinations are named ([`destinations`]), and the enriched envelope with its
 //! enrichment statuses and dead-letter kinds ([`envelope`]).
 //!
@@ -8,6 +9,7 @@
 //! worker, `replay` and `dev` all take their names from here. Of the rest of the crate it
 //! uses only the Partner Center event catalogue.
 
+pub mod change_key;
 pub mod cloud_event;
 pub mod destinations;
 pub mod envelope;

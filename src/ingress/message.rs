@@ -3,6 +3,7 @@
 
 use crate::broker::{CloudEvent, Message};
 use crate::contract::{
+    change_key,
     destinations::{Destinations, cloud_event_type},
     headers,
 };
@@ -24,9 +25,18 @@ pub struct Accepted<'a> {
 /// Builds the raw message for `accepted`.
 pub fn raw_message(accepted: Accepted<'_>, destinations: &Destinations, source: &str) -> Message {
     let Accepted { event, event_id, body, signature, received_at, traceparent } = accepted;
+    let time = event.change_time_rfc3339();
+    let change_key = change_key::of_webhook(
+        &event.name,
+        event.audit_uri.as_deref(),
+        event.resource_uri.as_deref(),
+        time.as_deref(),
+        &event_id,
+    );
     let headers = vec![
         (headers::EVENT_ID.to_string(), event_id.clone()),
         (headers::EVENT_NAME.to_string(), event.name.clone()),
+        (headers::CHANGE_KEY.to_string(), change_key),
         (headers::RECEIVED_AT.to_string(), received_at),
         (headers::SIGNATURE.to_string(), signature.signature_text.clone()),
         (headers::CERTIFICATE_URL.to_string(), signature.certificate_url.clone()),
@@ -43,7 +53,7 @@ pub fn raw_message(accepted: Accepted<'_>, destinations: &Destinations, source: 
             source: source.to_string(),
             ty: cloud_event_type(&event.name),
             subject: event.resource_uri.clone(),
-            time: event.change_time_rfc3339(),
+            time,
         },
         content_type: crate::contract::cloud_event::CONTENT_TYPE,
         body,
