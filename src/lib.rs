@@ -30,6 +30,7 @@ pub mod contract;
 pub mod dev;
 pub mod ingress;
 pub mod partner_center;
+pub mod reconcile;
 pub mod register;
 pub mod replay;
 pub mod shutdown;

@@ -135,6 +135,18 @@ impl ApiClient {
         self.call(http::Method::GET, api, path_and_query, None, request_id).await
     }
 
+    /// `GET {base}{path_and_query}` with extra request headers (a page's
+    /// `MS-ContinuationToken`).
+    pub async fn get_with(
+        &self,
+        api: Api,
+        path_and_query: &str,
+        headers: &[(String, String)],
+        request_id: Uuid,
+    ) -> Result<Fetched, FetchError> {
+        self.call_with(http::Method::GET, api, path_and_query, None, headers, request_id).await
+    }
+
     /// `{method} {base}{path_and_query}` with an optional JSON body (the registration
     /// API's POST and PUT).
     pub async fn call(
@@ -143,6 +155,18 @@ impl ApiClient {
         api: Api,
         path_and_query: &str,
         body: Option<&Value>,
+        request_id: Uuid,
+    ) -> Result<Fetched, FetchError> {
+        self.call_with(method, api, path_and_query, body, &[], request_id).await
+    }
+
+    async fn call_with(
+        &self,
+        method: http::Method,
+        api: Api,
+        path_and_query: &str,
+        body: Option<&Value>,
+        headers: &[(String, String)],
         request_id: Uuid,
     ) -> Result<Fetched, FetchError> {
         let (base, grant, scope) = self.route(api);
@@ -160,6 +184,9 @@ impl ApiClient {
             .header("MS-RequestId", request_id.to_string());
         if api == Api::Fraud {
             request = request.header("X-NewEventsModel", "true");
+        }
+        for (name, value) in headers {
+            request = request.header(name.as_str(), value.as_str());
         }
         if let Some(body) = body {
             request = request

@@ -55,6 +55,8 @@ pub struct Recorded {
 struct World {
     resources: HashMap<String, Value>,
     fraud: HashMap<String, Vec<Value>>,
+    /// The audit log (`/v1/auditrecords`), in the order Partner Center returns it.
+    audit: Vec<Value>,
     scripts: HashMap<String, VecDeque<Reply>>,
     /// Issued tokens → (grant, scope).
     tokens: HashMap<String, (String, String)>,
@@ -105,6 +107,11 @@ impl PcApi {
     /// Serves `value` at `path` (Partner Center or Graph path, as the worker requests it).
     pub fn put(&self, path: &str, value: Value) {
         self.world.lock().unwrap().resources.insert(path.to_string(), value);
+    }
+
+    /// Appends records to the audit log.
+    pub fn put_audit(&self, records: Vec<Value>) {
+        self.world.lock().unwrap().audit.extend(records);
     }
 
     /// The fraud events of a subscription.
@@ -309,10 +316,51 @@ fn answer(
         let page: Vec<Value> = all.into_iter().skip((number - 1) * size).take(size).collect();
         return axum::Json(Value::Array(page)).into_response();
     }
+    if path == "/v1/auditrecords" {
+        return audit_records(&w.audit, query, headers);
+    }
     match w.resources.get(path) {
         Some(v) => axum::Json(v.clone()).into_response(),
         None => (StatusCode::NOT_FOUND, "no such resource").into_response(),
     }
+}
+
+/// `GET /v1/auditrecords` as Partner Center answers it: `startDate` and `endDate` at most
+/// 30 days apart, `startDate` within the 90 days records are kept (else 400), `size`
+/// records a page, the next page through `links.next` with an `MS-ContinuationToken`.
+fn audit_records(log: &[Value], query: &str, headers: &HashMap<String, String>) -> Response {
+    use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+    let q: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let date = |k: &str| q.get(k).and_then(|d| OffsetDateTime::parse(d, &Rfc3339).ok());
+    let (Some(start), Some(end), Some(size)) =
+        (date("startDate"), date("endDate"), q.get("size").and_then(|s| s.parse::<usize>().ok()))
+    else {
+        return (StatusCode::BAD_REQUEST, "startDate, endDate and size are required").into_response();
+    };
+    if end - start > time::Duration::days(30) || end < start {
+        return (StatusCode::BAD_REQUEST, "the range may span at most 30 days").into_response();
+    }
+    if OffsetDateTime::now_utc() - start > time::Duration::days(90) {
+        return (StatusCode::BAD_REQUEST, "startDate is older than 90 days").into_response();
+    }
+    let offset: usize = headers.get("ms-continuationtoken").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let in_range: Vec<&Value> = log
+        .iter()
+        .filter(|r| {
+            let at = r["operationDate"].as_str().and_then(|d| OffsetDateTime::parse(d, &Rfc3339).ok());
+            at.is_some_and(|at| at >= start && at < end)
+        })
+        .collect();
+    let page: Vec<&Value> = in_range.iter().skip(offset).take(size.max(1)).copied().collect();
+    let mut body = json!({ "totalCount": in_range.len(), "items": page });
+    if offset + size < in_range.len() {
+        body["links"] = json!({"next": {
+            "uri": format!("/v1/auditrecords?{query}"),
+            "method": "GET",
+            "headers": [{"key": "MS-ContinuationToken", "value": (offset + size).to_string()}],
+        }});
+    }
+    axum::Json(body).into_response()
 }
 
 fn status_code(code: u16) -> StatusCode {
