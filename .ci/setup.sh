@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Makes a fresh machine ready for `make test`: the C build dependencies of rdkafka and,
 # for the tests, a running RabbitMQ on 127.0.0.1:5672 (guest/guest) with its AMQP 1.0
-# plugin enabled. Idempotent: it does
+# plugin enabled, and PostgreSQL on 127.0.0.1:5432. Idempotent: it does
 # nothing where everything is already there.
 #
 #   .ci/setup.sh build      only the build dependencies
-#   .ci/setup.sh services   only RabbitMQ
+#   .ci/setup.sh services   only RabbitMQ and PostgreSQL
 #   .ci/setup.sh            both
 set -euo pipefail
 
@@ -59,7 +59,36 @@ amqp_1_0() {
   rabbitmq-plugins enable rabbitmq_amqp1_0
 }
 
+postgres_port_open() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
+
+# PostgreSQL holds the seen change keys of reconciliation; the tests use the local one
+# (127.0.0.1:5432, user postgres, trust authentication as Debian's package sets it up
+# for local connections).
+postgres() {
+  if postgres_port_open; then
+    echo "setup: PostgreSQL is listening on 127.0.0.1:5432"
+    return
+  fi
+  if ! command -v pg_ctlcluster >/dev/null; then
+    echo "setup: PostgreSQL is not installed; installing the Debian package"
+    apt_install postgresql
+  fi
+  need_root "a running PostgreSQL" "postgresql  (then: sudo pg_ctlcluster --skip-systemctl-redirect <version> main start)"
+  echo "setup: starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n 1)" main start || true
+  for _ in $(seq 1 60); do
+    if postgres_port_open; then
+      echo "setup: PostgreSQL is up"
+      return
+    fi
+    sleep 1
+  done
+  echo "setup: PostgreSQL did not start within 60 s; see /var/log/postgresql/" >&2
+  exit 1
+}
+
 services() {
+  postgres
   if rabbit_port_open; then
     echo "setup: RabbitMQ is listening on 127.0.0.1:5672"
     amqp_1_0

@@ -14,7 +14,7 @@ use pcbridge::{
     config::Config,
     contract::change_key,
     partner_center::client::ApiClient,
-    reconcile::{self, ReadError, ReadOptions, audit::RangeError},
+    reconcile::{self, ReadError, ReadOptions, audit::RangeError, store::ChangeStore},
     telemetry::Metrics,
 };
 use serde_json::{Value, json};
@@ -127,4 +127,73 @@ async fn ninety_days_is_the_limit_and_the_budget_is_kept() {
     let result = reconcile::find_changes(&client, base, now - day * 2, now, &tight).await;
     assert!(matches!(result, Err(ReadError::Budget(2))), "{result:?}");
     assert_eq!(api.requests_to("/v1/auditrecords").len(), 2);
+}
+
+/// The local PostgreSQL (`.ci/setup.sh` starts it); fails, saying how, if it is not there.
+const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+async fn store() -> (ChangeStore, String) {
+    let table = format!("pctest_changes_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let store = ChangeStore::connect(POSTGRES_URL, &table)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is required at {POSTGRES_URL}: {e}. Start it with `make services`."));
+    (store, table)
+}
+
+async fn drop_table(table: &str) {
+    let (client, connection) = tokio_postgres::connect(POSTGRES_URL, tokio_postgres::NoTls).await.expect("postgres");
+    tokio::spawn(connection);
+    client.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"")).await.expect("drop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_claimed_once_and_a_delivered_one_never() {
+    let (store, table) = store().await;
+    let lease = Duration::from_secs(300);
+    assert!(store.claim("audit:1", "run-a", lease).await.unwrap(), "new: claimed");
+    assert!(!store.claim("audit:1", "run-b", lease).await.unwrap(), "a live claim is not taken");
+    // Run A's publish failed: it lets go, and run B takes it.
+    store.release("audit:1", "run-a").await.unwrap();
+    assert!(store.claim("audit:1", "run-b", lease).await.unwrap());
+    store.published("audit:1").await.unwrap();
+    assert!(store.is_published("audit:1").await.unwrap());
+    assert!(!store.claim("audit:1", "run-c", Duration::ZERO).await.unwrap(), "published: never again");
+    // A reconciler that died holding a claim: taken over once the lease has passed.
+    assert!(store.claim("audit:2", "run-dead", lease).await.unwrap());
+    assert!(!store.claim("audit:2", "run-d", lease).await.unwrap());
+    assert!(store.claim("audit:2", "run-d", Duration::ZERO).await.unwrap(), "stale claim taken over");
+    // Delivered by webhook: never claimed by reconciliation.
+    store.delivered(&["audit:3".to_string(), "subscription-updated|x|t".to_string()]).await.unwrap();
+    assert!(!store.claim("audit:3", "run-e", Duration::ZERO).await.unwrap());
+    assert!(store.is_published("subscription-updated|x|t").await.unwrap());
+    // Pruning: everything is younger than an hour, nothing is older than zero.
+    assert_eq!(store.prune(Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(store.prune(Duration::ZERO).await.unwrap(), 4);
+    drop(store);
+    drop_table(&table).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_reconcilers_at_once_claim_each_change_once() {
+    let (store, table) = store().await;
+    let second = ChangeStore::connect(POSTGRES_URL, &table).await.expect("second connection");
+    let keys: Vec<String> = (0..200).map(|i| format!("audit:{i}")).collect();
+    let run = |store: ChangeStore, name: &'static str, keys: Vec<String>| async move {
+        let mut won = Vec::new();
+        for key in keys {
+            if store.claim(&key, name, Duration::from_secs(300)).await.expect("claim") {
+                won.push(key);
+            }
+        }
+        (store, won)
+    };
+    let mut reversed = keys.clone();
+    reversed.reverse();
+    let (a, b) =
+        tokio::join!(tokio::spawn(run(store, "run-a", keys.clone())), tokio::spawn(run(second, "run-b", reversed)));
+    let ((_, won_a), (_, won_b)) = (a.expect("a"), b.expect("b"));
+    assert_eq!(won_a.len() + won_b.len(), keys.len(), "every change claimed, none twice");
+    assert!(won_a.iter().all(|k| !won_b.contains(k)));
+    assert!(!won_a.is_empty() && !won_b.is_empty(), "both ran: a {} b {}", won_a.len(), won_b.len());
+    drop_table(&table).await;
 }

@@ -4,12 +4,13 @@
 //! ([`crate::contract::change_key`]). What is not a change — failed, in-progress and
 //! declined operations, operations no event reports — is counted, never published.
 //!
-//! This module finds the changes; publishing the ones the broker has not seen (and the
-//! store of seen change keys that makes a second run publish nothing) is issue 18's
-//! next part.
+//! [`store`] keeps the seen change keys (PostgreSQL), so that a change is published once
+//! across webhooks, runs and replicas. Publishing the changes found through it, the
+//! command and the lists beyond the audit log are issue 18's next part.
 
 pub mod audit;
 pub mod mapping;
+pub mod store;
 
 use crate::partner_center::client::{ApiClient, ErrorClass, FetchError};
 use audit::{AuditRecord, RangeError};
