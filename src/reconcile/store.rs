@@ -36,7 +36,9 @@ impl ChangeStore {
                 tracing::warn!(error = %e, "change store connection ended");
             }
         });
-        let table = format!("\"{}\"", table.replace('"', ""));
+        let name = table.replace('"', "");
+        let table = format!("\"{name}\"");
+        let index = format!("\"{name}_updated_at\"");
         client
             .batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS {table} (
@@ -46,8 +48,7 @@ impl ChangeStore {
                     claimed_by text,
                     updated_at timestamptz NOT NULL DEFAULT now()
                 );
-                CREATE INDEX IF NOT EXISTS {} ON {table} (updated_at);",
-                format!("\"{}_updated_at\"", table.trim_matches('"'))
+                CREATE INDEX IF NOT EXISTS {index} ON {table} (updated_at);"
             ))
             .await?;
         Ok(Self { client, table, _connection: tokio_util::task::AbortOnDropHandle::new(task) })
