@@ -36,6 +36,9 @@ pub enum Command {
     Register(crate::register::RegisterCommand),
     /// Publish dead letters back to their raw destination (filters, --dry-run).
     Replay(crate::replay::ReplayArgs),
+    /// Publish the changes Partner Center recorded but did not deliver (audit log),
+    /// each once across webhooks, runs and replicas (--since, --until, --dry-run).
+    Reconcile(crate::reconcile::run::ReconcileArgs),
     /// Validate the configuration and reach every dependency it names; exit 1 on failure.
     Check {
         /// Also fetch and validate this signing-certificate URL.
@@ -61,6 +64,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let service = match cli.command {
         Command::Ingress => "pcbridge-ingress",
         Command::Worker => "pcbridge-worker",
+        Command::Reconcile(_) => "pcbridge-reconcile",
         _ => "pcbridge",
     };
     init_tracing(style, level, service);
@@ -88,6 +92,11 @@ async fn run_command(command: Command, config: Config, path: &std::path::Path) -
         Command::Replay(args) => {
             let out = crate::replay::run(&config, args).await?;
             print!("{out}");
+            Ok(())
+        }
+        Command::Reconcile(args) => {
+            let summary = crate::reconcile::run::run(&config, &args, Arc::new(Metrics::new())).await?;
+            print!("{summary}");
             Ok(())
         }
         Command::Check { certificate_url } => {

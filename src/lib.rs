@@ -15,6 +15,10 @@
 //! - [`broker`]: how messages move, knowing nothing of Partner Center.
 //! - [`ingress`]: the HTTP front. It meets the rest only through [`broker`].
 //! - [`worker`]: consumes raw events, enriches them, publishes enriched events or dead letters.
+//! - [`reconcile`]: `pcbridge reconcile`, the changes Partner Center did not deliver,
+//!   from its audit log, published raw like webhooks.
+//! - [`change_store`]: the seen change keys (PostgreSQL) the ingress and reconcile share.
+//! - [`contract`]: pcbridge's message contract: headers, destinations, raw and enriched messages.
 //! - [`dev`]: the Partner Center simulator, `pcbridge dev` and `pcbridge simulate`.
 //! - [`check`]: `pcbridge check`, reaching every dependency the configuration names.
 //! - [`register`]: `pcbridge register`, the webhook registration with Partner Center.
@@ -23,6 +27,7 @@
 
 pub mod admin;
 pub mod broker;
+pub mod change_store;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -7,14 +7,21 @@
 mod common;
 
 use common::{
-    app::worker_config,
+    app::{spawn_ingress, spawn_worker, worker_config},
+    bus::{Bus, on_every_broker, output_queues},
+    pc::Pc,
     pc_api::{PcApi, Reply},
 };
 use pcbridge::{
-    config::Config,
+    change_store::ChangeStore,
+    config::{BrokerKind, Config},
     contract::change_key,
     partner_center::client::ApiClient,
-    reconcile::{self, ReadError, ReadOptions, audit::RangeError, store::ChangeStore},
+    reconcile::{
+        self, ReadError, ReadOptions,
+        audit::RangeError,
+        run::{ReconcileArgs, Summary},
+    },
     telemetry::Metrics,
 };
 use serde_json::{Value, json};
@@ -196,4 +203,186 @@ async fn two_reconcilers_at_once_claim_each_change_once() {
     assert!(won_a.iter().all(|k| !won_b.contains(k)));
     assert!(!won_a.is_empty() && !won_b.is_empty(), "both ran: a {} b {}", won_a.len(), won_b.len());
     drop_table(&table).await;
+}
+
+const API: &str = "https://api.partnercenter.microsoft.com";
+
+/// The webhook Partner Center sends for audit record `id` (a subscription update), its
+/// fields in Partner Center's order: not the bytes reconciliation writes, as in life.
+fn webhook(id: &str, subscription: &str, at: OffsetDateTime) -> Vec<u8> {
+    let at = at.format(&Rfc3339).unwrap();
+    format!(
+        r#"{{"EventName":"subscription-updated","ResourceUri":"{API}/webhooks/v1/customers/c-1/subscriptions/{subscription}","ResourceName":"subscription","AuditUri":"{API}/v1/auditrecords/{id}","ResourceChangeUtcDate":"{at}"}}"#
+    )
+    .into_bytes()
+}
+
+/// A configuration whose change store is a table of its own in the local PostgreSQL.
+fn with_store(mut config: Config) -> Config {
+    config.reconcile.store_url = POSTGRES_URL.into();
+    config.reconcile.table = format!("pctest_changes_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    config
+}
+
+async fn reconcile(config: &Config, since: &str) -> Summary {
+    let args = ReconcileArgs { since: since.into(), until: Some("0s".into()), dry_run: false };
+    reconcile::run::run(config, &args, Arc::new(Metrics::new())).await.expect("reconcile runs")
+}
+
+/// Some changes arrive by webhook, some only in the audit log: reconciliation publishes
+/// exactly the missing ones, the worker enriches them like webhooks, a second run
+/// publishes none; a webhook arriving after its change was reconciled is published (its
+/// signature is the authoritative copy) with the same change key, so downstream can
+/// drop the second.
+async fn reconcile_publishes_exactly_the_missing_changes(kind: BrokerKind) {
+    let pc = Pc::new().await;
+    let bus = Bus::new(kind).await;
+    let api = PcApi::start().await;
+    let config = with_store(worker_config(bus.config(&pc), &api));
+    let now = OffsetDateTime::now_utc();
+    let at = |i: i64| now - time::Duration::minutes(90 - i);
+    let mut records = Vec::new();
+    for i in 1..=6 {
+        let (id, subscription) = (format!("a{i}"), format!("s-{i}"));
+        records.push(record(&id, "update_subscription", "succeeded", at(i), json!({ "id": subscription })));
+        api.put(&format!("/v1/customers/c-1/subscriptions/{subscription}"), json!({ "id": subscription }));
+        api.put(&format!("/v1/auditrecords/{id}"), json!({ "id": id }));
+    }
+    records.push(record("f1", "update_subscription", "failed", at(7), json!({ "id": "s-7" })));
+    records.push(record("u1", "rename_the_moon", "succeeded", at(8), json!({ "id": "moon" })));
+    api.put_audit(records);
+
+    let app = spawn_ingress(config.clone()).await;
+    let worker = spawn_worker(&config).await;
+    // Partner Center delivered a1..a3 and gave up on a4..a6.
+    for i in 1..=3 {
+        let body = webhook(&format!("a{i}"), &format!("s-{i}"), at(i));
+        let (status, json) = app.post(body.clone(), &pc.headers(&body)).await;
+        assert_eq!(status, 200, "{json}");
+    }
+    let store = ChangeStore::open(&config).await.expect("store");
+    let delivered = ["audit:a1", "audit:a2", "audit:a3"];
+    common::wait::until(
+        "the ingress records the delivered webhooks' change keys",
+        Duration::from_secs(10),
+        async || {
+            for key in delivered {
+                if !store.is_published(key).await.expect("store") {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+
+    let first = reconcile(&config, "3h").await;
+    assert_eq!((first.found, first.published, first.already_delivered), (6, 3, 3), "{first}");
+    assert_eq!(first.skipped.get("not-succeeded"), Some(&1), "{first}");
+    assert_eq!(first.unmapped_types.get("rename_the_moon"), Some(&1), "{first}");
+    let second = reconcile(&config, "3h").await;
+    assert_eq!((second.published, second.already_delivered), (0, 6), "nothing twice: {second}");
+
+    // Every change enriched once: three by webhook, three reconciled.
+    let outputs = output_queues(&config);
+    let got = bus.read_from(&outputs, 6, Duration::from_secs(30)).await;
+    let destinations = config.broker.destinations();
+    let mut by_key = std::collections::BTreeMap::new();
+    for m in &got {
+        assert_eq!(m.destination, destinations.enriched("subscription-updated"), "{:?}", m.headers);
+        by_key.insert(m.headers["pc-change-key"].clone(), m);
+    }
+    assert_eq!(got.len(), 6, "{:?}", got.iter().map(|m| &m.headers["pc-change-key"]).collect::<Vec<_>>());
+    assert_eq!(by_key.len(), 6, "each change once");
+    for i in 1..=6 {
+        let m = by_key[&format!("audit:a{i}")];
+        let env: Value = serde_json::from_slice(&m.body).expect("envelope");
+        assert_eq!(env["enrichment"]["status"], "enriched", "{env}");
+        assert_eq!(env["resource"]["id"], format!("s-{i}"), "{env}");
+        assert_eq!(env["audit"]["id"], format!("a{i}"), "{env}");
+        let reconciled = i > 3;
+        assert_eq!(m.headers.get("pc-origin").map(String::as_str), reconciled.then_some("reconcile"), "a{i}");
+        assert_eq!(m.headers.contains_key("pc-signature"), !reconciled, "a{i}: only webhooks are signed");
+        if reconciled {
+            // Shaped as Partner Center's webhook for it.
+            let event = &env["event"];
+            assert_eq!(event["EventName"], "subscription-updated");
+            assert_eq!(event["ResourceUri"], format!("{API}/webhooks/v1/customers/c-1/subscriptions/s-{i}"));
+            assert_eq!(event["AuditUri"], format!("{API}/v1/auditrecords/a{i}"));
+        }
+    }
+
+    // Partner Center's retry of a4 arrives after all: published, with a4's change key.
+    let late = webhook("a4", "s-4", at(4));
+    let (status, _) = app.post(late.clone(), &pc.headers(&late)).await;
+    assert_eq!(status, 200);
+    // (A Kafka topic is a log: it is read again from its start.)
+    let expect = if kind == BrokerKind::Kafka { 7 } else { 1 };
+    let again = bus.read_from(&outputs, expect, Duration::from_secs(30)).await;
+    assert_eq!(again.len(), expect);
+    let late: Vec<_> = again.iter().filter(|m| m.headers.contains_key("pc-signature")).collect();
+    let late = late.last().expect("the late webhook, enriched");
+    assert_eq!(late.headers["pc-change-key"], "audit:a4", "downstream deduplicates on it");
+    let third = reconcile(&config, "3h").await;
+    assert_eq!(third.published, 0, "{third}");
+
+    worker.stop().await.expect("worker stops");
+    app.stop().await.expect("ingress stops");
+    drop(store);
+    drop_table(&config.reconcile.table).await;
+    bus.cleanup(&config, &[]).await;
+}
+on_every_broker!(reconcile_publishes_exactly_the_missing_changes);
+
+/// Two reconcilers started at once over the same 40 missed changes publish each once.
+async fn two_runs_at_once_publish_each_change_once(kind: BrokerKind) {
+    let pc = Pc::new().await;
+    let bus = Bus::new(kind).await;
+    let api = PcApi::start().await;
+    let mut config = with_store(worker_config(bus.config(&pc), &api));
+    config.reconcile.page_size = 5;
+    let now = OffsetDateTime::now_utc();
+    api.put_audit(
+        (0..40)
+            .map(|i| {
+                let at = now - time::Duration::minutes(100 - i);
+                record(&format!("c{i}"), "update_subscription", "succeeded", at, json!({ "id": format!("s-{i}") }))
+            })
+            .collect(),
+    );
+    // The raw destination exists before either run publishes (the ingress would create it).
+    let (a, b) = tokio::join!(reconcile(&config, "2h"), reconcile(&config, "2h"));
+    assert_eq!(a.published + b.published, 40, "a: {a}b: {b}");
+    assert_eq!(a.found + b.found, 80);
+    let raw = config.broker.destinations().raw("subscription-updated");
+    // Read until 40 arrived, then a moment more: a 41st would be seen.
+    let got = bus.read_from(std::slice::from_ref(&raw), 40, Duration::from_secs(20)).await;
+    let keys: std::collections::BTreeSet<&str> = got.iter().map(|m| m.headers["pc-change-key"].as_str()).collect();
+    assert_eq!(got.len(), 40, "no change published twice");
+    assert_eq!(keys.len(), 40);
+    drop_table(&config.reconcile.table).await;
+    bus.cleanup(&config, &[raw]).await;
+}
+on_every_broker!(two_runs_at_once_publish_each_change_once);
+
+/// `--dry-run` lists the missing changes and publishes nothing; without a store it still
+/// lists, and publishing without one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_lists_and_publishes_nothing() {
+    let api = PcApi::start().await;
+    let config = worker_config(Config::default(), &api);
+    let now = OffsetDateTime::now_utc();
+    api.put_audit(vec![
+        record("d1", "update_subscription", "succeeded", now - time::Duration::hours(2), json!({"id": "s-1"})),
+        record("d2", "create_referral", "succeeded", now - time::Duration::minutes(30), json!({"id": "ref-2"})),
+    ]);
+    // Settled: the last hour is left to webhooks still on their way.
+    let args = ReconcileArgs { since: "3h".into(), until: None, dry_run: true };
+    let summary = reconcile::run::run(&config, &args, Arc::new(Metrics::new())).await.expect("dry run");
+    assert_eq!(summary.missing.len(), 1, "{summary}");
+    let text = summary.to_string();
+    assert!(text.contains("audit:d1") && text.contains("would publish 1"), "{text}");
+    let publish = ReconcileArgs { dry_run: false, ..args };
+    let refused = reconcile::run::run(&config, &publish, Arc::new(Metrics::new())).await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("reconcile.store_url")));
 }

@@ -57,6 +57,7 @@ fn refuse_secrets_in_file(file: &Figment, path: &Path) -> Result<(), ConfigError
         ("kafka.event_hubs.client_secret", "PCBRIDGE_KAFKA__EVENT_HUBS__CLIENT_SECRET"),
         ("amqp.password", "PCBRIDGE_AMQP__PASSWORD"),
         ("amqp.client_secret", "PCBRIDGE_AMQP__CLIENT_SECRET"),
+        ("reconcile.store_password", "PCBRIDGE_RECONCILE__STORE_PASSWORD"),
     ] {
         if file.find_value(key).is_ok() {
             return refuse(key, env);

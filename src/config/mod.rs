@@ -3,7 +3,7 @@
 //!
 //! One file per section, each validating its own keys: [`process`] (log, admin,
 //! shutdown), [`ingress`], [`signature`], [`broker`] (broker, kafka, rabbitmq),
-//! [`worker`] (partner_center, worker); [`secret`] holds the type secrets keep and how
+//! [`worker`] (partner_center, worker), [`reconcile`]; [`secret`] holds the type secrets keep and how
 //! they are read; [`load`] layers the sources and names the key behind every error.
 //!
 //! Every key has a default here and a commented twin in the repository's `config.toml`
@@ -17,6 +17,7 @@ mod broker;
 mod ingress;
 mod load;
 mod process;
+mod reconcile;
 mod secret;
 mod signature;
 #[cfg(test)]
@@ -29,6 +30,7 @@ pub use broker::{
 };
 pub use ingress::IngressConfig;
 pub use process::{AdminConfig, LogConfig, LogFormat, ShutdownConfig};
+pub use reconcile::ReconcileConfig;
 pub use secret::Secret;
 pub use signature::{MICROSOFT_CERTIFICATE_PREFIX, SignatureConfig};
 pub use worker::{PartnerCenterConfig, WorkerConfig};
@@ -90,6 +92,7 @@ pub struct Config {
     pub rabbitmq: RabbitMqConfig,
     pub amqp: AmqpConfig,
     pub worker: WorkerConfig,
+    pub reconcile: ReconcileConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -104,6 +107,7 @@ impl Config {
         self.amqp.validate_files()?;
         self.partner_center.validate()?;
         self.worker.validate()?;
+        self.reconcile.validate()?;
         match self.broker.kind {
             BrokerKind::Kafka => self.kafka.validate(),
             BrokerKind::Rabbitmq => self.rabbitmq.validate(),

@@ -120,6 +120,14 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The change store's password, if configured (environment, else file).
+    pub fn store_password(&self) -> Result<Option<Secret>, ConfigError> {
+        let r = &self.reconcile;
+        read_secret(&r.store_password, &r.store_password_file, "reconcile.store_password_file")
+    }
+}
+
 /// A secret from the environment (already in `value`), else from `file`.
 fn read_secret(value: &Secret, file: &str, key: &str) -> Result<Option<Secret>, ConfigError> {
     if !value.is_empty() {

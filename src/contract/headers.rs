@@ -17,6 +17,11 @@ pub const SIGNATURE_ALGORITHM: &str = "pc-signature-algorithm";
 /// The change this event reports, the same by webhook and by reconciliation (see
 /// [`super::change_key`]): downstream deduplicates on it across both paths.
 pub const CHANGE_KEY: &str = "pc-change-key";
+/// Raw messages that did not come by webhook: where they came from. Absent on a
+/// delivered webhook (which carries its signature headers instead).
+pub const ORIGIN: &str = "pc-origin";
+/// [`ORIGIN`] of a change found by `pcbridge reconcile` in the audit log or a list.
+pub const ORIGIN_RECONCILE: &str = "reconcile";
 /// W3C trace context of the hop that published the raw message.
 pub const TRACEPARENT: &str = "traceparent";
 /// Dead letters: why (`permanent`, `retries-exhausted`, … see [`super::envelope::error_kind`]).

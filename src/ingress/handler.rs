@@ -130,7 +130,12 @@ async fn accept(state: &IngressState, headers: &HeaderMap, body: Body) -> Result
     match tokio::time::timeout(state.publish_timeout, state.publisher.publish(&msg)).await {
         // The metric label is the destination's stem, so an unsafe name cannot become
         // an unbounded label value.
-        Ok(Ok(())) => Ok((msg.id, msg.destination, state.destinations.stem(&event.name).to_string())),
+        Ok(Ok(())) => {
+            if let Some(recorder) = &state.delivered {
+                recorder.record(message::change_key(&msg).to_string());
+            }
+            Ok((msg.id, msg.destination, state.destinations.stem(&event.name).to_string()))
+        }
         Ok(Err(e)) => Err(Rejection::Broker(e)),
         Err(_) => Err(Rejection::Broker(crate::broker::PublishError::Timeout(state.publish_timeout))),
     }

@@ -7,6 +7,7 @@ pub mod handler;
 pub mod message;
 
 use crate::broker::Publisher;
+use crate::change_store::Recorder;
 use crate::config::Config;
 use crate::contract::destinations::Destinations;
 use crate::partner_center::{BuildError, signature::Verifier};
@@ -46,6 +47,10 @@ pub struct IngressState {
     /// Cancelled at shutdown: requests arriving after it get 503 while the ones in
     /// flight finish (each still waiting for its confirm).
     pub shutdown: CancellationToken,
+    /// Where the change key of each published webhook is recorded (when a change store
+    /// is configured), so reconciliation does not publish that change again. Written
+    /// after the broker's confirm and off the request path.
+    pub delivered: Option<Recorder>,
 }
 
 impl IngressState {
@@ -68,6 +73,7 @@ impl IngressState {
             max_concurrent_requests: config.ingress.max_concurrent_requests,
             metrics,
             shutdown,
+            delivered: None,
         }
     }
 
@@ -160,15 +166,22 @@ pub async fn start(
     let start = async {
         let verifier = Verifier::new(&config.signature)?;
         let publisher = crate::broker::connect(config, client_id, metrics.clone()).await?;
-        let state = Arc::new(IngressState::new(config, verifier, publisher, metrics.clone(), shutdown.clone()));
+        let mut state = IngressState::new(config, verifier, publisher, metrics.clone(), shutdown.clone());
+        let recorder = (!config.reconcile.store_url.is_empty()).then(|| {
+            let (recorder, task) = Recorder::start(config, metrics.clone());
+            state.delivered = Some(recorder);
+            task
+        });
+        let state = Arc::new(state);
         ensure_raw_destinations(&state).await;
-        Ok::<_, IngressError>(state)
+        Ok::<_, IngressError>((state, recorder))
     };
-    let ready = |state: &Arc<IngressState>| {
+    let ready = |(state, _): &(Arc<IngressState>, _)| {
         let state = state.clone();
         Box::new(move || state.is_ready()) as Box<dyn Fn() -> bool + Send + Sync>
     };
-    let (admin, state) = crate::admin::Admin::serve_while(admin_listener, metrics.clone(), start, ready).await?;
+    let (admin, (state, recorder)) =
+        crate::admin::Admin::serve_while(admin_listener, metrics.clone(), start, ready).await?;
     let config = config.clone();
     Ok(tokio::spawn(async move {
         let server = run(listener, state.clone(), shutdown.clone());
@@ -179,6 +192,9 @@ pub async fn start(
             None => Ok(()),
         };
         state.publisher.close(Duration::from_secs(5).min(config.shutdown.drain_deadline())).await;
+        if let Some(recorder) = recorder {
+            recorder.finish(Duration::from_secs(5)).await;
+        }
         admin.stop().await;
         tracing::info!("ingress stopped");
         served

@@ -4,13 +4,17 @@
 //! ([`crate::contract::change_key`]). What is not a change — failed, in-progress and
 //! declined operations, operations no event reports — is counted, never published.
 //!
-//! [`store`] keeps the seen change keys (PostgreSQL), so that a change is published once
-//! across webhooks, runs and replicas. Publishing the changes found through it, the
-//! command and the lists beyond the audit log are issue 18's next part.
+//! [`run`] is the command: it publishes, as raw events on the destinations webhooks
+//! use, the changes the change store ([`crate::change_store`]) has not seen — so a
+//! change is published once across webhooks, runs and replicas.
+//!
+//! What it cannot recover: changes Partner Center does not audit (Microsoft-initiated
+//! subscription changes, incoming referrals, migration completion, usage thresholds),
+//! and anything older than the audit log's 90 days (docs/reconciliation.md).
 
 pub mod audit;
 pub mod mapping;
-pub mod store;
+pub mod run;
 
 use crate::partner_center::client::{ApiClient, ErrorClass, FetchError};
 use audit::{AuditRecord, RangeError};

@@ -65,6 +65,33 @@ pub struct Metrics {
     /// Age of an event when the worker finishes it (now − `pc-received-at`), by
     /// `outcome` (see [`worker_outcome`]): the end-to-end delay downstream sees.
     pub worker_event_age: HistogramVec,
+    /// Change keys of delivered webhooks written to the change store by the ingress, by
+    /// `result` (recorded, failed: retried with the next batch, dropped: the queue was
+    /// full — reconciliation may then publish that change once more).
+    pub change_keys: IntCounterVec,
+    /// Changes found by reconciliation, by `source` (audit, gdap, …) and `outcome` (see
+    /// [`reconcile_outcome`]).
+    pub reconcile_changes: IntCounterVec,
+    /// Audit records and list items reconciliation skipped, by `reason` (not-succeeded,
+    /// unmapped, no-resource, unreadable).
+    pub reconcile_skipped: IntCounterVec,
+    /// Pages read by reconciliation, by `source`.
+    pub reconcile_pages: IntCounterVec,
+}
+
+/// Outcomes of one change found by reconciliation, the `outcome` label of
+/// `pcbridge_reconcile_changes_total`.
+pub mod reconcile_outcome {
+    /// Not delivered before: published raw.
+    pub const PUBLISHED: &str = "published";
+    /// Already on the broker (by webhook or an earlier run).
+    pub const DELIVERED: &str = "already_delivered";
+    /// Another reconciler holds it right now.
+    pub const CLAIMED_ELSEWHERE: &str = "claimed_elsewhere";
+    /// `--dry-run`: would have been published.
+    pub const MISSING: &str = "missing";
+    /// The publish failed; the claim was given back for the next run.
+    pub const FAILED: &str = "failed";
 }
 
 /// Outcomes of one event in the worker, the `outcome` label of `pcbridge_worker_events_total`.
@@ -173,6 +200,23 @@ impl Metrics {
             &["outcome"],
             &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0],
         );
+        let change_keys = counter(
+            "pcbridge_change_keys_total",
+            "Change keys of delivered webhooks written to the change store, by result.",
+            &["result"],
+        );
+        let reconcile_changes = counter(
+            "pcbridge_reconcile_changes_total",
+            "Changes found by reconciliation, by source and outcome.",
+            &["source", "outcome"],
+        );
+        let reconcile_skipped = counter(
+            "pcbridge_reconcile_skipped_total",
+            "Audit records and list items skipped by reconciliation, by reason.",
+            &["reason"],
+        );
+        let reconcile_pages =
+            counter("pcbridge_reconcile_pages_total", "Pages read by reconciliation, by source.", &["source"]);
         let build_info = IntGaugeVec::new(
             Opts::new("pcbridge_build_info", "Always 1; the labels name the running build."),
             &["version"],
@@ -186,6 +230,10 @@ impl Metrics {
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .unwrap_or_else(|e| panic!("{e}"));
         Self {
+            change_keys,
+            reconcile_changes,
+            reconcile_skipped,
+            reconcile_pages,
             consumer_assigned_partitions,
             ingress_request_duration,
             worker_event_age,

@@ -7,5 +7,5 @@
 pub mod metrics;
 pub mod trace;
 
-pub use metrics::{Metrics, outcome, worker_outcome};
+pub use metrics::{Metrics, outcome, reconcile_outcome, worker_outcome};
 pub use trace::{LogStyle, init_tracing};
