@@ -78,8 +78,9 @@ elif crd_docs:
     err("renders CRD objects (" + ", ".join(sorted({d["kind"] for d in crd_docs}))
         + "): plain overlays must apply to a bare cluster; use components")
 
+# -full overlays add components/reconcile: a CronJob and its NetworkPolicy.
 want = {"ServiceAccount": 1, "ConfigMap": 1, "Service": 2, "Deployment": 2, "PodDisruptionBudget": 2,
-        "Ingress": 1, "NetworkPolicy": 2}
+        "Ingress": 1, "NetworkPolicy": 3 if full else 2, "CronJob": 1 if full else 0}
 for k, n in want.items():
     if len(kind(k)) != n:
         err(f"expected {n} {k}, found {len(kind(k))}")
@@ -176,6 +177,37 @@ for dname, dep in deployments.items():
     webhook_open = any(p.get("port") == 8080 for n in policies for r in n["spec"].get("ingress", []) for p in r.get("ports", []))
     if webhook_open != (pod_labels.get("app.kubernetes.io/component") == "ingress"):
         err(f"{where}: webhook port 8080 {'closed' if not webhook_open else 'open'} in its NetworkPolicy")
+
+for cj in kind("CronJob"):
+    where = f"CronJob {cj['metadata']['name']}"
+    spec = cj["spec"]
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    if spec.get("concurrencyPolicy") != "Forbid":
+        err(f"{where}: concurrencyPolicy is not Forbid")
+    if pod.get("restartPolicy") not in ("Never", "OnFailure"):
+        err(f"{where}: restartPolicy must be Never or OnFailure")
+    if pod.get("securityContext", {}).get("runAsNonRoot") is not True:
+        err(f"{where}: runAsNonRoot is not true")
+    for c in pod["containers"]:
+        argv = c.get("command", entrypoint) + c.get("args", [])
+        mounts = [m["mountPath"] for m in c.get("volumeMounts", [])]
+        configs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+        if len(configs) != 1 or not any(configs[0].startswith(m + "/") for m in mounts) or "reconcile" not in argv:
+            err(f"{where}/{c['name']}: command line {argv} must name one mounted --config and run reconcile")
+        sc = c.get("securityContext", {})
+        if sc.get("readOnlyRootFilesystem") is not True or sc.get("allowPrivilegeEscalation") is not False:
+            err(f"{where}/{c['name']}: not hardened like the Deployments")
+        env = {e["name"] for e in c.get("env", [])}
+        if "PCBRIDGE_BROKER__KIND" not in env:
+            err(f"{where}/{c['name']}: no broker environment (the worker's is copied in)")
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref and ref["name"] == "pcbridge-secrets" and ref["key"] not in secret_keys:
+                err(f"{where}: env {e['name']} reads key {ref['key']}, missing from examples/pcbridge-secrets.yaml")
+    pod_labels = spec["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    policies = [n for n in kind("NetworkPolicy") if labels_match(n["spec"]["podSelector"].get("matchLabels"), pod_labels)]
+    if not any({"Ingress", "Egress"} <= set(n["spec"].get("policyTypes", [])) for n in policies):
+        err(f"{where}: no NetworkPolicy restricting both its ingress and egress")
 
 for h in hpas:
     if h["spec"]["scaleTargetRef"]["name"] not in deployments:

@@ -85,7 +85,8 @@ impl ChangeStore {
         // raises a unique violation in its catalogue): an advisory lock orders them.
         client
             .batch_execute(&format!(
-                "BEGIN;
+                "SET client_min_messages = warning;
+                BEGIN;
                 SELECT pg_advisory_xact_lock(hashtext('pcbridge change store {name}'));
                 CREATE TABLE IF NOT EXISTS {table} (
                     change_key text PRIMARY KEY,

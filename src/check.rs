@@ -50,10 +50,25 @@ pub async fn run(config: &Config, config_source: &str, certificate_url: Option<&
         checks.push(destinations(config).await);
     }
     checks.push(tokens(config).await);
+    checks.push(change_store(config).await);
     if let Some(url) = certificate_url {
         checks.push(certificate(config, url).await);
     }
     checks
+}
+
+/// The change store, when one is configured: connects and creates its table.
+async fn change_store(config: &Config) -> Check {
+    let r = &config.reconcile;
+    if r.store_url.is_empty() {
+        return Check { name: "store", ok: None, detail: "reconcile.store_url is not set".into() };
+    }
+    let detail = format!("{} table {}", r.store_url, r.table);
+    match tokio::time::timeout(Duration::from_secs(15), crate::change_store::ChangeStore::open(config)).await {
+        Ok(Ok(_)) => Check { name: "store", ok: Some(true), detail },
+        Ok(Err(e)) => Check { name: "store", ok: Some(false), detail: format!("{detail}: {e}") },
+        Err(_) => Check { name: "store", ok: Some(false), detail: format!("{detail}: no answer within 15 s") },
+    }
 }
 
 /// The destinations of the layout, both roles' (raw, enriched, dead letter): which are

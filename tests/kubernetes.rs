@@ -24,7 +24,7 @@ use serde_json::Value;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -161,6 +161,9 @@ fn secret_value(key: &str) -> &'static str {
         // The local RabbitMQ's account (see `broker_overrides`).
         "PCBRIDGE_RABBITMQ__PASSWORD" => "guest",
         "PCBRIDGE_KAFKA__PROPERTIES__SASL_PASSWORD" => "pod-test-sasl-password",
+        // The local PostgreSQL (trust authentication: the password is not asked for).
+        "PCBRIDGE_RECONCILE__STORE_URL" => "postgres://postgres@127.0.0.1:5432/postgres",
+        "PCBRIDGE_RECONCILE__STORE_PASSWORD" => "pod-test-store-password",
         other => panic!("the example Secret lists {other}: give the pod test a value for it"),
     }
 }
@@ -345,95 +348,7 @@ async fn run_overlay(overlay: &str, broker: &Broker) {
         let mut env = pod_env(container, &image, &objects, &secret);
         broker_overrides(&mut env, broker);
 
-        // The command line: `command` replaces the ENTRYPOINT, `args` the CMD.
-        let entrypoint: Vec<String> = match container["command"].as_array() {
-            Some(c) => c.iter().map(text).collect(),
-            None => image.entrypoint.clone(),
-        };
-        let args: Vec<String> = match container["args"].as_array() {
-            Some(a) => a.iter().map(text).collect(),
-            None if container["command"].is_null() => image.cmd.clone(),
-            None => Vec::new(),
-        };
-        let mut argv: Vec<String> = entrypoint.into_iter().chain(args).collect();
-        assert_eq!(argv[0], image.binary, "{name}: the container runs the image's binary");
-        argv[0] = env!("CARGO_BIN_EXE_pcbridge").to_string();
-        let workdir = container["workingDir"].as_str().map_or(image.workdir.clone(), str::to_string);
-
-        // The ConfigMap volume's files.
-        let config_dir = tempdir(&format!("{name}-config"));
-        let mut mounts = Vec::new();
-        for m in container["volumeMounts"].as_array().into_iter().flatten() {
-            let volume = pod["volumes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|v| v["name"] == m["name"])
-                .unwrap_or_else(|| panic!("{name}: volume {} is not defined", m["name"]));
-            let cm_name = text(&volume["configMap"]["name"]);
-            assert!(!cm_name.is_empty(), "{name}: only ConfigMap volumes are run here: {volume}");
-            let cm = of_kind(&objects, "ConfigMap")
-                .into_iter()
-                .find(|c| c["metadata"]["name"] == cm_name.as_str())
-                .unwrap_or_else(|| panic!("{name}: ConfigMap {cm_name} is not rendered"));
-            for (file, content) in cm["data"].as_object().expect("ConfigMap data") {
-                std::fs::write(config_dir.join(file), text(content)).expect("write ConfigMap file");
-            }
-            mounts.push(text(&m["mountPath"]));
-        }
-        assert_eq!(mounts.len(), 1, "{name}: the config volume");
-        let mount_path = mounts.remove(0);
-        let read_only_root = container["securityContext"]["readOnlyRootFilesystem"] == true;
-        let uid = pod["securityContext"]["runAsUser"].as_u64().map(|u| u as u32).or(image.user.map(|u| u.0));
-        let gid = pod["securityContext"]["runAsGroup"].as_u64().map(|g| g as u32).or(image.user.map(|u| u.1));
-
-        for port in container["ports"].as_array().into_iter().flatten() {
-            let p = text(&port["containerPort"]);
-            assert!(
-                std::net::TcpListener::bind(format!("0.0.0.0:{p}")).is_ok(),
-                "port {p} is in use on this machine: the pod test needs the manifests' own ports"
-            );
-        }
-
-        let log = config_dir.with_extension("log");
-        let stderr = std::fs::File::create(&log).expect("log file");
-        let mut cmd;
-        if is_root() {
-            // A private mount namespace: the ConfigMap at its mountPath (read-only, as
-            // the kubelet mounts it), the root filesystem read-only, the pod's user.
-            std::fs::create_dir_all(&mount_path).expect("mount point");
-            let mut script = String::from("set -e; mount --bind \"$CONFIG_DIR\" \"$MOUNT_PATH\"; ");
-            script.push_str("mount -o remount,bind,ro \"$MOUNT_PATH\"; ");
-            if read_only_root {
-                script.push_str("mount -o remount,bind,ro /; ");
-            }
-            script.push_str("cd \"$WORKDIR\"; ");
-            match (uid, gid) {
-                (Some(u), Some(g)) => {
-                    script.push_str(&format!("exec /usr/bin/setpriv --reuid {u} --regid {g} --clear-groups -- \"$@\""))
-                }
-                _ => script.push_str("exec \"$@\""),
-            }
-            cmd = Command::new("/usr/bin/unshare");
-            cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c", &script, "sh"]).args(&argv);
-        } else {
-            eprintln!("{name}: not root: the ConfigMap path is rewritten and the user id kept");
-            let rewritten: Vec<String> =
-                argv.iter().map(|a| a.replace(&mount_path, &config_dir.display().to_string())).collect();
-            cmd = Command::new(&rewritten[0]);
-            cmd.args(&rewritten[1..]).current_dir(if Path::new(&workdir).exists() {
-                workdir.clone()
-            } else {
-                "/".into()
-            });
-        }
-        // Only the pod's environment (the mount script's three variables have no
-        // PCBRIDGE_ prefix, so they stay out of the configuration).
-        cmd.env_clear().envs(&env);
-        if is_root() {
-            cmd.env("CONFIG_DIR", &config_dir).env("MOUNT_PATH", &mount_path).env("WORKDIR", &workdir);
-        }
-        let mut child = cmd.stdout(Stdio::null()).stderr(stderr).spawn().expect("start the container");
+        let (mut child, config_dir, log) = start_container(&name, pod, container, &objects, &image, &env);
 
         let started = pass_probe(&mut child, container, "startupProbe", &log).await;
         let ready = pass_probe(&mut child, container, "readinessProbe", &log).await;
@@ -477,6 +392,106 @@ async fn run_overlay(overlay: &str, broker: &Broker) {
     }
 }
 
+/// Starts `container` of `pod` as the kubelet would (see the module doc), with `env` as
+/// its whole environment; returns the process, its ConfigMap directory and its log file.
+fn start_container(
+    name: &str,
+    pod: &Value,
+    container: &Value,
+    objects: &[Value],
+    image: &Image,
+    env: &BTreeMap<String, String>,
+) -> (Child, PathBuf, PathBuf) {
+    // The command line: `command` replaces the ENTRYPOINT, `args` the CMD.
+    let entrypoint: Vec<String> = match container["command"].as_array() {
+        Some(c) => c.iter().map(text).collect(),
+        None => image.entrypoint.clone(),
+    };
+    let args: Vec<String> = match container["args"].as_array() {
+        Some(a) => a.iter().map(text).collect(),
+        None if container["command"].is_null() => image.cmd.clone(),
+        None => Vec::new(),
+    };
+    let mut argv: Vec<String> = entrypoint.into_iter().chain(args).collect();
+    assert_eq!(argv[0], image.binary, "{name}: the container runs the image's binary");
+    argv[0] = env!("CARGO_BIN_EXE_pcbridge").to_string();
+    let workdir = container["workingDir"].as_str().map_or(image.workdir.clone(), str::to_string);
+
+    // The ConfigMap volume's files.
+    let config_dir = tempdir(&format!("{name}-config"));
+    let mut mounts = Vec::new();
+    for m in container["volumeMounts"].as_array().into_iter().flatten() {
+        let volume = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == m["name"])
+            .unwrap_or_else(|| panic!("{name}: volume {} is not defined", m["name"]));
+        let cm_name = text(&volume["configMap"]["name"]);
+        assert!(!cm_name.is_empty(), "{name}: only ConfigMap volumes are run here: {volume}");
+        let cm = of_kind(objects, "ConfigMap")
+            .into_iter()
+            .find(|c| c["metadata"]["name"] == cm_name.as_str())
+            .unwrap_or_else(|| panic!("{name}: ConfigMap {cm_name} is not rendered"));
+        for (file, content) in cm["data"].as_object().expect("ConfigMap data") {
+            std::fs::write(config_dir.join(file), text(content)).expect("write ConfigMap file");
+        }
+        mounts.push(text(&m["mountPath"]));
+    }
+    assert_eq!(mounts.len(), 1, "{name}: the config volume");
+    let mount_path = mounts.remove(0);
+    let read_only_root = container["securityContext"]["readOnlyRootFilesystem"] == true;
+    let uid = pod["securityContext"]["runAsUser"].as_u64().map(|u| u as u32).or(image.user.map(|u| u.0));
+    let gid = pod["securityContext"]["runAsGroup"].as_u64().map(|g| g as u32).or(image.user.map(|u| u.1));
+
+    for port in container["ports"].as_array().into_iter().flatten() {
+        let p = text(&port["containerPort"]);
+        assert!(
+            std::net::TcpListener::bind(format!("0.0.0.0:{p}")).is_ok(),
+            "port {p} is in use on this machine: the pod test needs the manifests' own ports"
+        );
+    }
+
+    let log = config_dir.with_extension("log");
+    let stderr = std::fs::File::create(&log).expect("log file");
+    let mut cmd;
+    if is_root() {
+        // A private mount namespace: the ConfigMap at its mountPath (read-only, as
+        // the kubelet mounts it), the root filesystem read-only, the pod's user.
+        std::fs::create_dir_all(&mount_path).expect("mount point");
+        let mut script = String::from("set -e; mount --bind \"$CONFIG_DIR\" \"$MOUNT_PATH\"; ");
+        script.push_str("mount -o remount,bind,ro \"$MOUNT_PATH\"; ");
+        if read_only_root {
+            script.push_str("mount -o remount,bind,ro /; ");
+        }
+        script.push_str("cd \"$WORKDIR\"; ");
+        match (uid, gid) {
+            (Some(u), Some(g)) => {
+                script.push_str(&format!("exec /usr/bin/setpriv --reuid {u} --regid {g} --clear-groups -- \"$@\""))
+            }
+            _ => script.push_str("exec \"$@\""),
+        }
+        cmd = Command::new("/usr/bin/unshare");
+        cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c", &script, "sh"]).args(&argv);
+    } else {
+        eprintln!("{name}: not root: the ConfigMap path is rewritten and the user id kept");
+        let rewritten: Vec<String> =
+            argv.iter().map(|a| a.replace(&mount_path, &config_dir.display().to_string())).collect();
+        cmd = Command::new(&rewritten[0]);
+        cmd.args(&rewritten[1..]).current_dir(if Path::new(&workdir).exists() { workdir.clone() } else { "/".into() });
+    }
+    // Only the pod's environment (the mount script's three variables have no
+    // PCBRIDGE_ prefix, so they stay out of the configuration).
+    cmd.env_clear().envs(env);
+    if is_root() {
+        cmd.env("CONFIG_DIR", &config_dir).env("MOUNT_PATH", &mount_path).env("WORKDIR", &workdir);
+    }
+    // Both streams to the log, as the kubelet keeps a container's output.
+    let stdout = stderr.try_clone().expect("log file");
+    let child = cmd.stdout(stdout).stderr(stderr).spawn().expect("start the container");
+    (child, config_dir, log)
+}
+
 fn tempdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pcbridge-pod-{}-{name}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -498,6 +513,84 @@ async fn rabbitmq_overlay_pods_run_as_the_kubelet_runs_them() {
     let conn = common::bus::rabbitmq::connect().await;
     let config = pcbridge::config::Config::default();
     common::bus::rabbitmq::cleanup(&conn, &config, &common::bus::output_queues(&config)).await;
+}
+
+/// components/reconcile's CronJob, its container run as the kubelet runs a Job's pod:
+/// the worker's broker environment (copied by the component), the Secret's store URL,
+/// the ConfigMap. It must finish within `activeDeadlineSeconds` and exit 0, having
+/// published the change Partner Center did not deliver. Substituted besides the broker:
+/// Partner Center's and Entra ID's hosts are the stand-in, with the stand-in's app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_cronjob_runs_as_the_kubelet_runs_it() {
+    pcbridge::partner_center::install_crypto_provider();
+    let objects = render(&repo().join("deploy/kubernetes/overlays/rabbitmq-full"));
+    let jobs = of_kind(&objects, "CronJob");
+    assert_eq!(jobs.len(), 1, "components/reconcile renders one CronJob");
+    let job = jobs[0];
+    let pod = &job["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let image = image();
+    let secret = secret_fixture();
+    let mut env = pod_env(container, &image, &objects, &secret);
+    assert_eq!(env.get("PCBRIDGE_BROKER__KIND").map(String::as_str), Some("rabbitmq"), "the worker's broker env");
+    broker_overrides(&mut env, &Broker { kafka_bootstrap: String::new() });
+    let api = common::pc_api::PcApi::start().await;
+    for (key, value) in [
+        ("PCBRIDGE_PARTNER_CENTER__BASE_URL", api.base.clone()),
+        ("PCBRIDGE_PARTNER_CENTER__TOKEN_BASE_URL", api.base.clone()),
+        ("PCBRIDGE_PARTNER_CENTER__CLIENT_ID", common::pc_api::CLIENT_ID.to_string()),
+        ("PCBRIDGE_PARTNER_CENTER__CLIENT_SECRET", common::pc_api::CLIENT_SECRET.to_string()),
+    ] {
+        env.insert(key.to_string(), value);
+    }
+    // One change in the audit log, new to the store (its id is this run's own).
+    let id = format!("podtest-{}", uuid::Uuid::new_v4().simple());
+    let at = time::OffsetDateTime::now_utc() - time::Duration::hours(3);
+    api.put_audit(vec![serde_json::json!({
+        "id": id,
+        "operationType": "update_subscription",
+        "operationDate": at.format(&time::format_description::well_known::Rfc3339).expect("time"),
+        "operationStatus": "succeeded",
+        "resourceNewValue": serde_json::json!({"id": "s-1"}).to_string(),
+        "customerId": "c-1",
+    })]);
+
+    let _lock = PodLock::take();
+    let (mut child, config_dir, log) = start_container("pcbridge-reconcile", pod, container, &objects, &image, &env);
+    let deadline =
+        Duration::from_secs(job["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"].as_u64().unwrap_or(600));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if started.elapsed() > deadline.min(Duration::from_secs(60)) {
+            let _ = child.kill();
+            panic!("the reconcile job did not finish:\n{}", read(&log));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let output = read(&log);
+    assert!(status.success(), "exit status {status}:\n{output}");
+    assert!(output.contains("found 1 · published 1"), "{output}");
+    eprintln!("reconcile job: finished in {:?}: {}", started.elapsed(), output.lines().last().unwrap_or_default());
+
+    // Leave the broker and the store as found.
+    let conn = common::bus::rabbitmq::connect().await;
+    let config = pcbridge::config::Config::default();
+    common::bus::rabbitmq::cleanup(&conn, &config, &common::bus::output_queues(&config)).await;
+    let (client, connection) =
+        tokio_postgres::connect("postgres://postgres@127.0.0.1:5432/postgres", tokio_postgres::NoTls)
+            .await
+            .expect("postgres");
+    tokio::spawn(connection);
+    let table = pcbridge::config::ReconcileConfig::default().table;
+    client
+        .execute(&format!("DELETE FROM {table} WHERE change_key = $1"), &[&format!("audit:{id}")])
+        .await
+        .expect("delete");
+    let _ = std::fs::remove_dir_all(&config_dir);
+    let _ = std::fs::remove_file(&log);
 }
 
 /// The RabbitMQ autoscaler counts the raw queues only: dead letters that nobody
