@@ -54,8 +54,16 @@ impl ChangeStore {
             pg.password(password.expose());
         }
         pg.connect_timeout(Duration::from_secs(10));
-        let (client, connection) = pg.connect(NoTls).await?;
-        Self::setup(client, connection, &r.table).await
+        // `sslmode=require` (Azure Database for PostgreSQL's connection strings carry it):
+        // TLS, the server's certificate verified against the web PKI roots. Otherwise
+        // plain TCP: `prefer` would need an unverified handshake to fall back from.
+        if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            let (client, connection) = pg.connect(tls()?).await?;
+            Self::setup(client, connection, &r.table).await
+        } else {
+            let (client, connection) = pg.connect(NoTls).await?;
+            Self::setup(client, connection, &r.table).await
+        }
     }
 
     /// Connects to `url` (`postgres://user@host/db`) and creates `table` when missing.
@@ -154,6 +162,19 @@ impl ChangeStore {
         let sql = format!("DELETE FROM {} WHERE updated_at < now() - make_interval(secs => $1)", self.table);
         Ok(self.client.execute(&sql, &[&horizon.as_secs_f64()]).await?)
     }
+}
+
+/// The TLS connector of the store connection: rustls with the web PKI roots (Azure
+/// Database for PostgreSQL's certificates chain to DigiCert and Microsoft roots in it).
+fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Config(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// Keys waiting to be written; past this the newest are dropped (and counted).

@@ -386,3 +386,16 @@ async fn a_dry_run_lists_and_publishes_nothing() {
     let refused = reconcile::run::run(&config, &publish, Arc::new(Metrics::new())).await;
     assert!(refused.is_err_and(|e| e.to_string().contains("reconcile.store_url")));
 }
+
+/// `sslmode=require` verifies the server: the local PostgreSQL's self-signed (snakeoil)
+/// certificate, or a server without TLS, is refused rather than used unverified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_requires_tls_is_verified() {
+    let mut config = Config::default();
+    config.reconcile.store_url = format!("{POSTGRES_URL}?sslmode=require");
+    let refused = ChangeStore::open(&config).await.err().expect("an unverifiable server is refused");
+    let text = format!("{refused:?}");
+    assert!(text.contains("Tls") || text.contains("TLS"), "{text}");
+    config.reconcile.store_url = format!("{POSTGRES_URL}?sslmode=disable");
+    ChangeStore::open(&config).await.expect("plain TCP when TLS is not required");
+}
