@@ -89,6 +89,7 @@ impl ChangeStore {
         let name = table.replace(['"', '\''], "");
         let table = format!("\"{name}\"");
         let index = format!("\"{name}_updated_at\"");
+        let resource_index = format!("\"{name}_resource\"");
         // Replicas starting at once would race CREATE TABLE IF NOT EXISTS (PostgreSQL
         // raises a unique violation in its catalogue): an advisory lock orders them.
         client
@@ -103,7 +104,10 @@ impl ChangeStore {
                     claimed_by text,
                     updated_at timestamptz NOT NULL DEFAULT now()
                 );
+                ALTER TABLE {table} ADD COLUMN IF NOT EXISTS resource text;
+                ALTER TABLE {table} ADD COLUMN IF NOT EXISTS changed_at timestamptz;
                 CREATE INDEX IF NOT EXISTS {index} ON {table} (updated_at);
+                CREATE INDEX IF NOT EXISTS {resource_index} ON {table} (resource, changed_at);
                 COMMIT;"
             ))
             .await?;
@@ -114,14 +118,16 @@ impl ChangeStore {
     /// new, or a claim of another run older than `lease` is taken over. A published key,
     /// or a live claim, is never claimed again.
     pub async fn claim(&self, key: &str, run: &str, lease: Duration) -> Result<bool, StoreError> {
+        let (resource, changed_at) = split_key(key);
         let sql = format!(
-            "INSERT INTO {t} (change_key, origin, state, claimed_by) VALUES ($1, 'reconcile', 'claimed', $2)
+            "INSERT INTO {t} (change_key, origin, state, claimed_by, resource, changed_at)
+             VALUES ($1, 'reconcile', 'claimed', $2, $4, $5::text::timestamptz)
              ON CONFLICT (change_key) DO UPDATE SET claimed_by = $2, updated_at = now()
              WHERE {t}.state = 'claimed' AND {t}.updated_at < now() - make_interval(secs => $3)
              RETURNING change_key",
             t = self.table
         );
-        let rows = self.client.query(&sql, &[&key, &run, &lease.as_secs_f64()]).await?;
+        let rows = self.client.query(&sql, &[&key, &run, &lease.as_secs_f64(), &resource, &changed_at]).await?;
         Ok(!rows.is_empty())
     }
 
@@ -142,12 +148,15 @@ impl ChangeStore {
     /// Records keys delivered by webhook as published (the ingress, after the broker
     /// confirmed each).
     pub async fn delivered(&self, keys: &[String]) -> Result<(), StoreError> {
+        let (resources, times): (Vec<Option<&str>>, Vec<Option<&str>>) = keys.iter().map(|k| split_key(k)).unzip();
         let sql = format!(
-            "INSERT INTO {t} (change_key, origin, state) SELECT k, 'webhook', 'published' FROM unnest($1::text[]) AS k
+            "INSERT INTO {t} (change_key, origin, state, resource, changed_at)
+             SELECT k, 'webhook', 'published', r, c::timestamptz
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS u(k, r, c)
              ON CONFLICT (change_key) DO UPDATE SET state = 'published', updated_at = now()",
             t = self.table
         );
-        self.client.execute(&sql, &[&keys]).await?;
+        self.client.execute(&sql, &[&keys, &resources, &times]).await?;
         Ok(())
     }
 
@@ -155,6 +164,23 @@ impl ChangeStore {
     pub async fn is_published(&self, key: &str) -> Result<bool, StoreError> {
         let sql = format!("SELECT 1 FROM {} WHERE change_key = $1 AND state = 'published'", self.table);
         Ok(!self.client.query(&sql, &[&key]).await?.is_empty())
+    }
+
+    /// Whether the change `key` names reached the broker: that very key, or — for a key
+    /// named by event, resource and change time — the same event of the same resource
+    /// within `window` of that time. Partner Center's webhook and the record
+    /// reconciliation reads seldom agree on the time to the tick.
+    pub async fn is_delivered(&self, key: &str, window: Duration) -> Result<bool, StoreError> {
+        let (resource, changed_at) = split_key(key);
+        let sql = format!(
+            "SELECT 1 FROM {} WHERE state = 'published' AND (change_key = $1
+               OR (resource = $2 AND changed_at BETWEEN $3::text::timestamptz - make_interval(secs => $4)
+                                                  AND $3::text::timestamptz + make_interval(secs => $4)))
+             LIMIT 1",
+            self.table
+        );
+        let rows = self.client.query(&sql, &[&key, &resource, &changed_at, &window.as_secs_f64()]).await?;
+        Ok(!rows.is_empty())
     }
 
     /// Drops keys untouched for longer than `horizon`; returns how many.
@@ -175,6 +201,18 @@ fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// `{EventName}|{ResourceUri}|{time}` → (`{EventName}|{ResourceUri}`, `{time}`); `None`s
+/// for the other key forms (`audit:…`, `event:…`), or a time that is not RFC 3339.
+fn split_key(key: &str) -> (Option<&str>, Option<&str>) {
+    let Some((resource, time)) = key.rsplit_once('|') else { return (None, None) };
+    if !resource.contains('|')
+        || time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339).is_err()
+    {
+        return (None, None);
+    }
+    (Some(resource), Some(time))
 }
 
 /// Keys waiting to be written; past this the newest are dropped (and counted).

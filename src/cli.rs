@@ -97,7 +97,10 @@ async fn run_command(command: Command, config: Config, path: &std::path::Path) -
         Command::Reconcile(args) => {
             let summary = crate::reconcile::run::run(&config, &args, Arc::new(Metrics::new())).await?;
             print!("{summary}");
-            Ok(())
+            match summary.unread_lists.len() {
+                0 => Ok(()),
+                n => Err(anyhow::anyhow!("{n} lists could not be read; run reconcile again once they can")),
+            }
         }
         Command::Check { certificate_url } => {
             let source = if path.exists() { path.display().to_string() } else { "defaults and environment".into() };

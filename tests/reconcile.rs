@@ -40,8 +40,10 @@ fn record(id: &str, operation: &str, status: &str, at: OffsetDateTime, new_value
     })
 }
 
+/// The audit log only (the lists have tests of their own).
 fn options() -> ReadOptions {
     ReadOptions {
+        lists: false,
         page_size: 2,
         min_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(50),
@@ -76,7 +78,17 @@ async fn the_audit_log_is_read_in_windows_and_pages_into_changes() {
         .expect("read");
 
     let keys: Vec<&str> = found.changes.iter().map(|c| c.change_key.as_str()).collect();
-    assert_eq!(keys, ["audit:r1", "audit:r3", "audit:r6", "audit:r7"], "succeeded and mapped, oldest first");
+    let at = |days: i32| (now - day * days).format(&Rfc3339).unwrap();
+    let referral =
+        format!("referral-created|https://api.partnercenter.microsoft.com/engagements/v1/referrals/ref-3|{}", at(35));
+    let gdap = format!(
+        "granular-admin-relationship-activated|https://partner.microsoft.com/granularAdminRelationships/rel-6|{}",
+        at(2)
+    );
+    // Only subscription-updated webhooks name their audit record; the others are named
+    // by event, resource and time, as their webhooks are.
+    assert_eq!(keys, ["audit:r1", referral.as_str(), gdap.as_str(), "audit:r7"], "succeeded and mapped, oldest first");
+    assert!(found.changes[1].body["AuditUri"].is_null(), "referral webhooks carry no AuditUri");
     let names: Vec<&str> = found.changes.iter().map(|c| c.event_name).collect();
     assert_eq!(
         names,
@@ -98,7 +110,7 @@ async fn the_audit_log_is_read_in_windows_and_pages_into_changes() {
     // Requests: every window at most 30 days, pages followed with their continuation.
     let requests = api.requests_to("/v1/auditrecords");
     assert_eq!(found.requests as usize, requests.len());
-    assert_eq!(found.pages, 5, "window 1: 3 pages (5 records in range, 2 a page); window 2: 2 pages (4)");
+    assert_eq!(found.pages["audit"], 5, "window 1: 3 pages (5 records in range, 2 a page); window 2: 2 pages (4)");
     assert_eq!(requests.len(), 6, "five pages and the one throttled request");
     assert_eq!(requests[0].status, 429);
     assert!(requests[1].at - requests[0].at >= Duration::from_secs(1), "Retry-After was waited out");
@@ -134,6 +146,85 @@ async fn ninety_days_is_the_limit_and_the_budget_is_kept() {
     let result = reconcile::find_changes(&client, base, now - day * 2, now, &tight).await;
     assert!(matches!(result, Err(ReadError::Budget(2))), "{result:?}");
     assert_eq!(api.requests_to("/v1/auditrecords").len(), 2);
+}
+
+/// The lists name what the audit log does not: a customer's GDAP approval (Graph, every
+/// page), a migration completing (the customers of the audit log's migrations, paged
+/// through MS-ContinuationToken). A listed change the audit log already gave is kept
+/// once; an unreadable list is reported while the audit log's changes stand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lists_add_what_the_audit_log_does_not_record() {
+    let api = PcApi::start().await;
+    let config = worker_config(Config::default(), &api);
+    let client = ApiClient::new(&config, Arc::new(Metrics::new())).expect("client");
+    let now = OffsetDateTime::now_utc();
+    let ago = |h: i64| (now - time::Duration::hours(h)).format(&Rfc3339).unwrap();
+    api.put_audit(vec![
+        record(
+            "m0",
+            "create_new_commerce_migration",
+            "succeeded",
+            now - time::Duration::hours(30),
+            json!({"id": "mig-1"}),
+        ),
+        record(
+            "g0",
+            "granular_admin_relationship_approved",
+            "succeeded",
+            now - time::Duration::hours(20),
+            json!({"id": "rel-2"}),
+        ),
+    ]);
+    let gdap = "/v1.0/tenantRelationships/delegatedAdminRelationships";
+    api.put_pages(
+        gdap,
+        vec![
+            json!({"value": [
+                {"id": "rel-1", "status": "active", "activatedDateTime": ago(10), "lastModifiedDateTime": ago(10)},
+                {"id": "rel-2", "status": "approved", "lastModifiedDateTime": ago(20)},
+                {"id": "rel-3", "status": "approvalPending", "lastModifiedDateTime": ago(5)},
+            ]}),
+            json!({"value": [
+                {"id": "rel-4", "status": "expired", "endDateTime": ago(3), "lastModifiedDateTime": ago(3)},
+                {"id": "rel-5", "status": "terminated", "endDateTime": ago(24 * 5)},
+            ]}),
+        ],
+    );
+    let migrations = "/v1/migrations/newcommerce";
+    api.put_pages(migrations, vec![
+        json!([{"id": "mig-0", "customerTenantId": "c-1", "status": "Processing", "startedTime": ago(1)}]),
+        json!([{"id": "mig-1", "customerTenantId": "c-1", "status": "Completed", "startedTime": ago(30), "completedTime": ago(29)}]),
+    ]);
+    let options = ReadOptions { lists: true, ..options() };
+    let base = "https://api.partnercenter.microsoft.com";
+    let found =
+        reconcile::find_changes(&client, base, now - time::Duration::hours(48), now, &options).await.expect("read");
+    let events: Vec<(&str, &str)> = found.changes.iter().map(|c| (c.source, c.event_name)).collect();
+    assert_eq!(
+        events,
+        [
+            ("audit", "new-commerce-migration-created"),
+            ("audit", "granular-admin-relationship-approved"),
+            ("gdap", "granular-admin-relationship-activated"),
+            ("gdap", "granular-admin-relationship-expired"),
+            ("migrations", "new-commerce-migration-completed"),
+        ],
+        "rel-2's approval once (the audit log's), rel-3 pending, rel-5 ended before the range"
+    );
+    assert_eq!(found.pages.get("gdap"), Some(&2), "both pages of relationships");
+    assert_eq!(found.pages.get("migrations"), Some(&2), "both pages, through MS-ContinuationToken");
+    let listed = api.requests_to(migrations);
+    assert!(listed[0].query.contains("CustomerTenantId=c-1"), "{:?}", listed[0].query);
+    assert_eq!(listed[1].headers.get("ms-continuationtoken").map(String::as_str), Some("1"));
+    assert!(found.unread_lists.is_empty());
+
+    // Graph refuses (no permission): the audit log's changes stand, the run says so.
+    api.script(gdap, vec![Reply::Status(403)]);
+    let found =
+        reconcile::find_changes(&client, base, now - time::Duration::hours(48), now, &options).await.expect("read");
+    assert_eq!(found.unread_lists.len(), 1, "{:?}", found.unread_lists);
+    assert!(found.unread_lists[0].starts_with("gdap"), "{:?}", found.unread_lists);
+    assert!(found.changes.iter().any(|c| c.source == "audit"));
 }
 
 /// The local PostgreSQL (`.ci/setup.sh` starts it); fails, saying how, if it is not there.
@@ -173,9 +264,26 @@ async fn a_change_is_claimed_once_and_a_delivered_one_never() {
     store.delivered(&["audit:3".to_string(), "subscription-updated|x|t".to_string()]).await.unwrap();
     assert!(!store.claim("audit:3", "run-e", Duration::ZERO).await.unwrap());
     assert!(store.is_published("subscription-updated|x|t").await.unwrap());
+    // A change named by event, resource and time: delivered when a webhook of the same
+    // event and resource came within the window of its time.
+    let uri = "https://partner.microsoft.com/granularAdminRelationships/rel-1";
+    store
+        .delivered(&[format!("granular-admin-relationship-approved|{uri}|2026-12-01T10:00:00.1234567Z")])
+        .await
+        .unwrap();
+    let window = Duration::from_secs(300);
+    let near = format!("granular-admin-relationship-approved|{uri}|2026-12-01T10:02:00Z");
+    let far = format!("granular-admin-relationship-approved|{uri}|2026-12-01T11:00:00Z");
+    let other_event = format!("granular-admin-relationship-terminated|{uri}|2026-12-01T10:00:00Z");
+    assert!(store.is_delivered(&near, window).await.unwrap(), "two minutes apart: the same change");
+    assert!(!store.is_delivered(&far, window).await.unwrap(), "an hour apart: another change");
+    assert!(!store.is_delivered(&other_event, window).await.unwrap());
+    assert!(
+        store.is_delivered("audit:3", window).await.unwrap() && !store.is_delivered("audit:9", window).await.unwrap()
+    );
     // Pruning: everything is younger than an hour, nothing is older than zero.
     assert_eq!(store.prune(Duration::from_secs(3600)).await.unwrap(), 0);
-    assert_eq!(store.prune(Duration::ZERO).await.unwrap(), 4);
+    assert_eq!(store.prune(Duration::ZERO).await.unwrap(), 5);
     drop(store);
     drop_table(&table).await;
 }

@@ -23,12 +23,21 @@ pub struct ReconcileConfig {
     /// Where `--until` defaults to: this long before now, so that webhooks still on
     /// their way (Partner Center retries for hours) are not reconciled under them.
     pub settle_minutes: u64,
+    /// A change named by event, resource and change time (every event but
+    /// `subscription-updated`, whose webhooks name their audit record) counts as
+    /// delivered when a webhook of the same event and resource came within this long of
+    /// that time: Partner Center's webhook and its audit record seldom agree to the tick.
+    pub match_window_secs: u64,
     /// A claim not confirmed within this long is taken over by another run (its
     /// reconciler died between claiming a change and publishing it).
     pub claim_lease_secs: u64,
     /// Keys untouched for longer are pruned at every run. Partner Center keeps audit
     /// records 90 days, so no run can find an older change again.
     pub horizon_days: u64,
+    /// Also read the lists that name changes the audit log does not: Graph's GDAP
+    /// relationships (needs `DelegatedAdminRelationship.Read.All`) and the new-commerce
+    /// migrations of the customers the audit log names.
+    pub lists: bool,
     /// Audit records per page (`size`).
     pub page_size: u32,
     /// The most Partner Center requests one run makes, retries included.
@@ -45,8 +54,10 @@ impl Default for ReconcileConfig {
             store_password_file: String::new(),
             table: "pcbridge_changes".into(),
             settle_minutes: 60,
+            match_window_secs: 300,
             claim_lease_secs: 300,
             horizon_days: 90,
+            lists: true,
             page_size: 500,
             request_budget: 2_000,
             attempts: 8,
@@ -57,6 +68,9 @@ impl Default for ReconcileConfig {
 impl ReconcileConfig {
     pub fn settle(&self) -> Duration {
         Duration::from_secs(self.settle_minutes * 60)
+    }
+    pub fn match_window(&self) -> Duration {
+        Duration::from_secs(self.match_window_secs)
     }
     pub fn claim_lease(&self) -> Duration {
         Duration::from_secs(self.claim_lease_secs)

@@ -144,6 +144,18 @@ impl ApiClient {
         headers: &[(String, String)],
         request_id: Uuid,
     ) -> Result<Fetched, FetchError> {
+        Ok(self.call_with(http::Method::GET, api, path_and_query, None, headers, request_id).await?.0)
+    }
+
+    /// [`ApiClient::get_with`], also returning the `MS-ContinuationToken` response header
+    /// (Partner Center's lists that page through it: new-commerce migrations).
+    pub async fn get_paged(
+        &self,
+        api: Api,
+        path_and_query: &str,
+        headers: &[(String, String)],
+        request_id: Uuid,
+    ) -> Result<(Fetched, Option<String>), FetchError> {
         self.call_with(http::Method::GET, api, path_and_query, None, headers, request_id).await
     }
 
@@ -157,7 +169,7 @@ impl ApiClient {
         body: Option<&Value>,
         request_id: Uuid,
     ) -> Result<Fetched, FetchError> {
-        self.call_with(method, api, path_and_query, body, &[], request_id).await
+        Ok(self.call_with(method, api, path_and_query, body, &[], request_id).await?.0)
     }
 
     async fn call_with(
@@ -168,7 +180,7 @@ impl ApiClient {
         body: Option<&Value>,
         headers: &[(String, String)],
         request_id: Uuid,
-    ) -> Result<Fetched, FetchError> {
+    ) -> Result<(Fetched, Option<String>), FetchError> {
         let (base, grant, scope) = self.route(api);
         let token = self.tokens.token(grant, scope).await.map_err(|e| {
             let class = if e.transient { ErrorClass::Transient { retry_after: None } } else { ErrorClass::Permanent };
@@ -196,8 +208,8 @@ impl ApiClient {
         let started = Instant::now();
         let result = self.send(request, &method, &url).await;
         let status = match &result {
-            Ok(Fetched::Found(_)) => "200".to_string(),
-            Ok(Fetched::Gone) => "404".to_string(),
+            Ok((Fetched::Found(_), _)) => "200".to_string(),
+            Ok((Fetched::Gone, _)) => "404".to_string(),
             Err(FetchError { status: Some(code), .. }) => code.to_string(),
             Err(_) => "network".to_string(),
         };
@@ -216,7 +228,7 @@ impl ApiClient {
         request: reqwest::RequestBuilder,
         method: &http::Method,
         url: &str,
-    ) -> Result<Fetched, FetchError> {
+    ) -> Result<(Fetched, Option<String>), FetchError> {
         let mut response = request
             .send()
             .await
@@ -224,9 +236,15 @@ impl ApiClient {
         let status = response.status();
         let code = status.as_u16();
         if code == 404 {
-            return Ok(Fetched::Gone);
+            return Ok((Fetched::Gone, None));
         }
         let retry_after = retry_after(response.headers());
+        let continuation = response
+            .headers()
+            .get("MS-ContinuationToken")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string);
         if !status.is_success() {
             let detail = read_limited(&mut response, 2048).await.unwrap_or_else(|_| b"(unreadable body)".to_vec());
             let detail: String = String::from_utf8_lossy(&detail).chars().take(300).collect();
@@ -246,10 +264,10 @@ impl ApiClient {
             }
         })?;
         if body.is_empty() {
-            return Ok(Fetched::Found(Value::Null));
+            return Ok((Fetched::Found(Value::Null), continuation));
         }
         serde_json::from_slice(&body)
-            .map(Fetched::Found)
+            .map(|v| (Fetched::Found(v), continuation))
             .map_err(|e| FetchError::permanent(format!("{method} {url}: the answer is not JSON: {e}"), Some(code)))
     }
 }

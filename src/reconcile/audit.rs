@@ -2,11 +2,9 @@
 //! in windows of at most 30 days (the API's limit per request) within the 90 days it
 //! keeps, page after page through `links.next` and its `MS-ContinuationToken`.
 
-use crate::partner_center::client::{Api, ApiClient, FetchError, Fetched};
 use serde::Deserialize;
 use serde_json::Value;
 use time::{Duration, OffsetDateTime, format_description::well_known::Rfc3339};
-use uuid::Uuid;
 
 /// The longest range one request may ask for.
 pub const MAX_WINDOW: Duration = Duration::days(30);
@@ -90,17 +88,6 @@ pub fn first_page(start: OffsetDateTime, end: OffsetDateTime, size: u32) -> Stri
         .append_pair("size", &size.to_string())
         .finish();
     format!("/v1/auditrecords?{query}")
-}
-
-/// Reads one page (`path_and_query` from [`first_page`] or a previous page's `next`).
-pub async fn read_page(
-    client: &ApiClient,
-    path_and_query: &str,
-    headers: &[(String, String)],
-) -> Result<Page, FetchError> {
-    let answer = client.get_with(Api::PartnerCenter, path_and_query, headers, Uuid::new_v4()).await?;
-    let Fetched::Found(body) = answer else { return Ok(Page::default()) };
-    Ok(parse_page(&body))
 }
 
 /// A page's records and its `links.next` (a relative or absolute URI, with headers).

@@ -6,7 +6,12 @@
 
 use super::audit::AuditRecord;
 use crate::contract::change_key;
-use crate::partner_center::event::CATALOGUE;
+use crate::partner_center::event::{CATALOGUE, Event};
+
+/// The `source` of changes found in the audit log.
+pub const AUDIT: &str = "audit";
+/// The one event whose webhooks carry an `AuditUri` (of those reconciliation finds).
+const AUDITED_EVENT: &str = "subscription-updated";
 use serde_json::{Value, json};
 
 /// Why a record is not published. Each is counted; none is an error.
@@ -39,6 +44,8 @@ pub struct Change {
     pub change_key: String,
     /// The webhook Partner Center would have sent, as JSON.
     pub body: Value,
+    /// Where it was found: `audit`, `gdap`, `referrals`, `migrations` (a metric label).
+    pub source: &'static str,
 }
 
 /// The webhook event an audit operation is reported by, if any.
@@ -86,7 +93,7 @@ pub fn change_of(record: &AuditRecord, api_base: &str) -> Result<Change, Skip> {
             ("referral", Some(format!("{base}/engagements/v1/referrals/{}", id.ok_or_else(no_resource)?)))
         }
         n if n.starts_with("granular-admin-relationship") => (
-            "granularAdminRelationship",
+            "GranularAdminRelationship",
             Some(format!("https://partner.microsoft.com/granularAdminRelationships/{}", id.ok_or_else(no_resource)?)),
         ),
         n if n.starts_with("granular-admin-access-assignment") => {
@@ -96,7 +103,7 @@ pub fn change_of(record: &AuditRecord, api_base: &str) -> Result<Change, Skip> {
                 .ok_or_else(no_resource)?;
             let id = id.ok_or_else(no_resource)?;
             (
-                "granularAdminAccessAssignment",
+                "GranularAdminAccessAssignment",
                 Some(format!(
                     "https://partner.microsoft.com/granularAdminRelationships/{relationship}/accessAssignments/{id}"
                 )),
@@ -104,7 +111,7 @@ pub fn change_of(record: &AuditRecord, api_base: &str) -> Result<Change, Skip> {
         }
         "new-commerce-migration-created" => {
             let (customer, id) = (customer.clone().ok_or_else(no_resource)?, id.ok_or_else(no_resource)?);
-            ("newCommerceMigration", Some(format!("{base}/v1/customers/{customer}/migrations/newcommerce/{id}")))
+            ("NewCommerceMigration", Some(format!("{base}/v1/customers/{customer}/migrations/newcommerce/{id}")))
         }
         "azure-fraud-event-detected" => {
             let subscription = new_value.as_ref().and_then(|v| text(v, "subscriptionId")).ok_or_else(no_resource)?;
@@ -114,17 +121,36 @@ pub fn change_of(record: &AuditRecord, api_base: &str) -> Result<Change, Skip> {
         // DAP events name no resource, only the customer.
         _ => ("PartnerCustomerDap", None),
     };
+    // Only subscription-updated webhooks name their audit record; the others are named
+    // by event, resource and change time, and so is their reconciled twin.
+    let audit_uri = (event_name == AUDITED_EVENT).then(|| format!("{base}/v1/auditrecords/{}", record.id));
     let mut body = json!({
         "EventName": event_name,
         "ResourceUri": resource_uri,
         "ResourceName": resource_name,
-        "AuditUri": format!("{base}/v1/auditrecords/{}", record.id),
+        "AuditUri": audit_uri,
         "ResourceChangeUtcDate": record.operation_date,
     });
     if event_name.starts_with("dap-admin") {
         body["CustomerTenantId"] = json!(customer.ok_or_else(no_resource)?);
     }
-    Ok(Change { event_name, change_key: change_key::from_audit_record(&record.id), body })
+    let change_key = key_of(&body).unwrap_or_else(|| change_key::from_audit_record(&record.id));
+    Ok(Change { event_name, change_key, body, source: AUDIT })
+}
+
+/// The key the webhook `body` would carry (its audit record, else its event, resource
+/// and change time); `None` when it names neither (a DAP event: no resource).
+pub fn key_of(body: &Value) -> Option<String> {
+    let event = Event::from_value(body).ok()?;
+    let time = event.change_time_rfc3339();
+    let key = change_key::of_webhook(
+        &event.name,
+        event.audit_uri.as_deref(),
+        event.resource_uri.as_deref(),
+        time.as_deref(),
+        "",
+    );
+    (key != "event:").then_some(key)
 }
 
 /// A field as text: a string, or a number's JSON form.

@@ -19,9 +19,6 @@ use crate::telemetry::{Metrics, reconcile_outcome as outcome};
 use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-/// The `source` label of what the audit log found.
-const AUDIT: &str = "audit";
-
 /// `pcbridge reconcile` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReconcileArgs {
@@ -89,9 +86,12 @@ pub struct Summary {
     pub missing: Vec<Change>,
     pub skipped: BTreeMap<&'static str, u64>,
     pub unmapped_types: BTreeMap<String, u64>,
-    pub pages: u64,
+    /// Pages read, by source.
+    pub pages: BTreeMap<&'static str, u64>,
     pub requests: u64,
     pub pruned: u64,
+    /// Lists that could not be read: the run is incomplete (exit status 1).
+    pub unread_lists: Vec<String>,
 }
 
 impl fmt::Display for Summary {
@@ -108,7 +108,8 @@ impl fmt::Display for Summary {
         }
         let skipped: u64 = self.skipped.values().sum();
         let reasons: Vec<String> = self.skipped.iter().map(|(r, n)| format!("{r} {n}")).collect();
-        write!(f, "reconciled {} → {}: pages {} · found {}", self.since, self.until, self.pages, self.found)?;
+        let pages: Vec<String> = self.pages.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        write!(f, "reconciled {} → {}: pages {} · found {}", self.since, self.until, pages.join(", "), self.found)?;
         if self.dry_run {
             write!(f, " · would publish {}", self.missing.len())?;
         } else {
@@ -124,6 +125,9 @@ impl fmt::Display for Summary {
             write!(f, " ({})", reasons.join(", "))?;
         }
         writeln!(f, " · pruned {}", self.pruned)?;
+        for list in &self.unread_lists {
+            writeln!(f, "not read (the run is incomplete): {list}")?;
+        }
         if !self.unmapped_types.is_empty() {
             let types: Vec<String> = self.unmapped_types.iter().map(|(t, n)| format!("{t} ×{n}")).collect();
             writeln!(f, "operation types no event reports: {}", types.join(", "))?;
@@ -157,6 +161,7 @@ pub async fn run(config: &Config, args: &ReconcileArgs, metrics: Arc<Metrics>) -
         page_size: r.page_size,
         request_budget: r.request_budget,
         attempts: r.attempts,
+        lists: r.lists,
         ..ReadOptions::default()
     };
     let api_base = config
@@ -166,7 +171,9 @@ pub async fn run(config: &Config, args: &ReconcileArgs, metrics: Arc<Metrics>) -
         .map_or_else(|| config.partner_center.base_url.clone(), |host| format!("https://{host}"));
     tracing::info!(since = %show(since), until = %show(until), dry_run = args.dry_run, "reconciling");
     let found = find_changes(&client, &api_base, since, until, &options).await?;
-    metrics.reconcile_pages.with_label_values(&[AUDIT]).inc_by(found.pages);
+    for (source, n) in &found.pages {
+        metrics.reconcile_pages.with_label_values(&[source]).inc_by(*n);
+    }
     for (reason, n) in &found.skipped {
         metrics.reconcile_skipped.with_label_values(&[reason]).inc_by(*n);
     }
@@ -180,27 +187,27 @@ pub async fn run(config: &Config, args: &ReconcileArgs, metrics: Arc<Metrics>) -
         unmapped_types: found.unmapped_types,
         pages: found.pages,
         requests: found.requests,
+        unread_lists: found.unread_lists,
         ..Summary::default()
     };
     if found.unreadable > 0 {
         summary.skipped.insert("unreadable", found.unreadable);
     }
-    tracing::info!(pages = summary.pages, found = summary.found, "audit log read");
-    let count = |o: &str, n: u64| metrics.reconcile_changes.with_label_values(&[AUDIT, o]).inc_by(n);
+    tracing::info!(found = summary.found, requests = summary.requests, "Partner Center read");
     if args.dry_run {
         for change in found.changes {
             let delivered = match &store {
-                Some(store) => store.is_published(&change.change_key).await?,
+                Some(store) => store.is_delivered(&change.change_key, r.match_window()).await?,
                 None => false,
             };
+            let outcome = if delivered { outcome::DELIVERED } else { outcome::MISSING };
+            metrics.reconcile_changes.with_label_values(&[change.source, outcome]).inc();
             if delivered {
                 summary.already_delivered += 1;
             } else {
                 summary.missing.push(change);
             }
         }
-        count(outcome::DELIVERED, summary.already_delivered);
-        count(outcome::MISSING, summary.missing.len() as u64);
         return Ok(summary);
     }
     let Some(store) = store else { return Ok(summary) };
@@ -219,6 +226,7 @@ pub async fn run(config: &Config, args: &ReconcileArgs, metrics: Arc<Metrics>) -
         source: &config.partner_center.base_url,
         run_id: format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple()),
         lease: r.claim_lease(),
+        match_window: r.match_window(),
         timeout: config.ingress.publish_timeout(),
     };
     let result = publish_missing(&publishing, found.changes, &mut summary, &metrics).await;
@@ -237,6 +245,8 @@ struct Publishing<'a> {
     /// This run's name on its claims.
     run_id: String,
     lease: Duration,
+    /// How near a webhook's change time must be to count as this change's delivery.
+    match_window: Duration,
     timeout: Duration,
 }
 
@@ -246,7 +256,6 @@ async fn publish_missing(
     summary: &mut Summary,
     metrics: &Metrics,
 ) -> Result<(), ReconcileError> {
-    let count = |o: &str| metrics.reconcile_changes.with_label_values(&[AUDIT, o]).inc();
     let total = changes.len();
     let mut last_progress = std::time::Instant::now();
     for (done, change) in changes.into_iter().enumerate() {
@@ -255,13 +264,14 @@ async fn publish_missing(
             last_progress = std::time::Instant::now();
         }
         let key = change.change_key.clone();
-        if p.store.is_published(&key).await? {
+        let count = |o: &str| metrics.reconcile_changes.with_label_values(&[change.source, o]).inc();
+        if p.store.is_delivered(&key, p.match_window).await? {
             summary.already_delivered += 1;
             count(outcome::DELIVERED);
             continue;
         }
         if !p.store.claim(&key, &p.run_id, p.lease).await? {
-            if p.store.is_published(&key).await? {
+            if p.store.is_delivered(&key, p.match_window).await? {
                 summary.already_delivered += 1;
                 count(outcome::DELIVERED);
             } else {

@@ -58,6 +58,8 @@ struct World {
     /// The audit log (`/v1/auditrecords`), in the order Partner Center returns it.
     audit: Vec<Value>,
     scripts: HashMap<String, VecDeque<Reply>>,
+    /// Lists served a page at a time ([`PcApi::put_pages`]).
+    pages: HashMap<String, Vec<Value>>,
     /// Issued tokens → (grant, scope).
     tokens: HashMap<String, (String, String)>,
     requests: Vec<Recorded>,
@@ -120,6 +122,14 @@ impl PcApi {
     }
 
     /// The next answers for requests to `path` (then normal again).
+    /// Serves `path` a page at a time, as its API pages: a Graph path (`/v1.0/…`) through
+    /// `@odata.nextLink` with a `$skiptoken`, a Partner Center path through the
+    /// `MS-ContinuationToken` header (answered, then sent back). Each page is the body as
+    /// served (Graph: `{"value": […]}`; the next link is added).
+    pub fn put_pages(&self, path: &str, pages: Vec<Value>) {
+        self.world.lock().unwrap().pages.insert(path.to_string(), pages);
+    }
+
     pub fn script(&self, path: &str, replies: Vec<Reply>) {
         self.world.lock().unwrap().scripts.insert(path.to_string(), replies.into());
     }
@@ -319,10 +329,35 @@ fn answer(
     if path == "/v1/auditrecords" {
         return audit_records(&w.audit, query, headers);
     }
+    if let Some(pages) = w.pages.get(path) {
+        return paged(pages, path, graph, query, headers);
+    }
     match w.resources.get(path) {
         Some(v) => axum::Json(v.clone()).into_response(),
         None => (StatusCode::NOT_FOUND, "no such resource").into_response(),
     }
+}
+
+/// One page of a [`PcApi::put_pages`] list, with the way to the next.
+fn paged(pages: &[Value], path: &str, graph: bool, query: &str, headers: &HashMap<String, String>) -> Response {
+    let q: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let token = if graph { q.get("$skiptoken") } else { headers.get("ms-continuationtoken") };
+    let index = token.and_then(|t| t.parse::<usize>().ok()).unwrap_or(0);
+    let Some(page) = pages.get(index) else { return status(400) };
+    let more = index + 1 < pages.len();
+    if graph {
+        let mut page = page.clone();
+        if more {
+            let host = headers.get("host").cloned().unwrap_or_default();
+            page["@odata.nextLink"] = json!(format!("http://{host}{path}?$top=300&$skiptoken={}", index + 1));
+        }
+        return axum::Json(page).into_response();
+    }
+    let mut response = axum::Json(page.clone()).into_response();
+    if more && let Ok(value) = http::HeaderValue::from_str(&(index + 1).to_string()) {
+        response.headers_mut().insert("MS-ContinuationToken", value);
+    }
+    response
 }
 
 /// `GET /v1/auditrecords` as Partner Center answers it: `startDate` and `endDate` at most
