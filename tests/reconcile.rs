@@ -358,7 +358,20 @@ async fn reconcile_publishes_exactly_the_missing_changes(kind: BrokerKind) {
     }
     records.push(record("f1", "update_subscription", "failed", at(7), json!({ "id": "s-7" })));
     records.push(record("u1", "rename_the_moon", "succeeded", at(8), json!({ "id": "moon" })));
+    // A GDAP relationship: the partner's approval is audited (and delivered by webhook,
+    // whose time differs from the record's by seconds); the customer's acceptance, which
+    // activates it, is only in Graph's list.
+    records.push(record("g1", "granular_admin_relationship_approved", "succeeded", at(9), json!({ "id": "rel-9" })));
     api.put_audit(records);
+    let relationship = "/v1.0/tenantRelationships/delegatedAdminRelationships";
+    let activated = (at(20)).format(&Rfc3339).unwrap();
+    api.put_pages(
+        relationship,
+        vec![json!({"value": [
+            {"id": "rel-9", "status": "active", "activatedDateTime": activated, "lastModifiedDateTime": activated},
+        ]})],
+    );
+    api.put(&format!("{relationship}/rel-9"), json!({ "id": "rel-9" }));
 
     let app = spawn_ingress(config.clone()).await;
     let worker = spawn_worker(&config).await;
@@ -368,6 +381,13 @@ async fn reconcile_publishes_exactly_the_missing_changes(kind: BrokerKind) {
         let (status, json) = app.post(body.clone(), &pc.headers(&body)).await;
         assert_eq!(status, 200, "{json}");
     }
+    let approved = format!(
+        r#"{{"EventName":"granular-admin-relationship-approved","ResourceUri":"https://partner.microsoft.com/granularAdminRelationships/rel-9","ResourceName":"GranularAdminRelationship","AuditUri":null,"ResourceChangeUtcDate":"{}"}}"#,
+        (at(9) + time::Duration::milliseconds(2_345)).format(&Rfc3339).unwrap()
+    )
+    .into_bytes();
+    let (status, json) = app.post(approved.clone(), &pc.headers(&approved)).await;
+    assert_eq!(status, 200, "{json}");
     let store = ChangeStore::open(&config).await.expect("store");
     let delivered = ["audit:a1", "audit:a2", "audit:a3"];
     common::wait::until(
@@ -384,24 +404,38 @@ async fn reconcile_publishes_exactly_the_missing_changes(kind: BrokerKind) {
     )
     .await;
 
+    // (The approval's key reaches the store with the others: wait for all four.)
+    common::wait::until("the GDAP approval recorded", Duration::from_secs(10), async || {
+        store.is_delivered(&format!("granular-admin-relationship-approved|https://partner.microsoft.com/granularAdminRelationships/rel-9|{}", at(9).format(&Rfc3339).unwrap()), Duration::from_secs(300)).await.expect("store")
+    })
+    .await;
     let first = reconcile(&config, "3h").await;
-    assert_eq!((first.found, first.published, first.already_delivered), (6, 3, 3), "{first}");
+    assert_eq!((first.found, first.published, first.already_delivered), (8, 4, 4), "{first}");
     assert_eq!(first.skipped.get("not-succeeded"), Some(&1), "{first}");
     assert_eq!(first.unmapped_types.get("rename_the_moon"), Some(&1), "{first}");
     let second = reconcile(&config, "3h").await;
-    assert_eq!((second.published, second.already_delivered), (0, 6), "nothing twice: {second}");
+    assert_eq!((second.published, second.already_delivered), (0, 8), "nothing twice: {second}");
 
-    // Every change enriched once: three by webhook, three reconciled.
+    // Every change enriched once: four by webhook, four reconciled.
     let outputs = output_queues(&config);
-    let got = bus.read_from(&outputs, 6, Duration::from_secs(30)).await;
+    let got = bus.read_from(&outputs, 8, Duration::from_secs(30)).await;
     let destinations = config.broker.destinations();
     let mut by_key = std::collections::BTreeMap::new();
     for m in &got {
-        assert_eq!(m.destination, destinations.enriched("subscription-updated"), "{:?}", m.headers);
         by_key.insert(m.headers["pc-change-key"].clone(), m);
     }
-    assert_eq!(got.len(), 6, "{:?}", got.iter().map(|m| &m.headers["pc-change-key"]).collect::<Vec<_>>());
-    assert_eq!(by_key.len(), 6, "each change once");
+    assert_eq!(got.len(), 8, "{:?}", got.iter().map(|m| &m.headers["pc-change-key"]).collect::<Vec<_>>());
+    assert_eq!(by_key.len(), 8, "each change once");
+    let gdap: Vec<&&common::bus::Received> =
+        by_key.values().filter(|m| m.headers["pc-event-name"].starts_with("granular-admin")).collect();
+    assert_eq!(gdap.len(), 2, "approved by webhook, activated by reconciliation");
+    for m in gdap {
+        let reconciled = m.headers["pc-event-name"] == "granular-admin-relationship-activated";
+        assert_eq!(m.headers.get("pc-origin").is_some(), reconciled);
+        let env: Value = serde_json::from_slice(&m.body).expect("envelope");
+        assert_eq!(env["resource"]["id"], "rel-9", "enriched from Graph: {env}");
+        assert_eq!(m.destination, destinations.enriched(&m.headers["pc-event-name"]));
+    }
     for i in 1..=6 {
         let m = by_key[&format!("audit:a{i}")];
         let env: Value = serde_json::from_slice(&m.body).expect("envelope");
@@ -425,12 +459,14 @@ async fn reconcile_publishes_exactly_the_missing_changes(kind: BrokerKind) {
     let (status, _) = app.post(late.clone(), &pc.headers(&late)).await;
     assert_eq!(status, 200);
     // (A Kafka topic is a log: it is read again from its start.)
-    let expect = if kind == BrokerKind::Kafka { 7 } else { 1 };
+    let expect = if kind == BrokerKind::Kafka { 9 } else { 1 };
     let again = bus.read_from(&outputs, expect, Duration::from_secs(30)).await;
     assert_eq!(again.len(), expect);
-    let late: Vec<_> = again.iter().filter(|m| m.headers.contains_key("pc-signature")).collect();
-    let late = late.last().expect("the late webhook, enriched");
-    assert_eq!(late.headers["pc-change-key"], "audit:a4", "downstream deduplicates on it");
+    // Both copies of a4 carry its change key: downstream deduplicates on it.
+    let a4: Vec<_> = again.iter().filter(|m| m.headers["pc-change-key"] == "audit:a4").collect();
+    let signed = a4.iter().filter(|m| m.headers.contains_key("pc-signature")).count();
+    assert_eq!(signed, 1, "the late webhook, enriched");
+    assert_eq!(a4.len(), if kind == BrokerKind::Kafka { 2 } else { 1 });
     let third = reconcile(&config, "3h").await;
     assert_eq!(third.published, 0, "{third}");
 
