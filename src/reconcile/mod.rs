@@ -1,5 +1,7 @@
 //! Reconciliation: the changes Partner Center recorded in a time range, read from its
-//! audit log ([`audit`]) and turned into the webhooks it would have sent ([`mapping`]),
+//! audit log ([`audit`]) and the lists that state what it does not ([`lists`]: GDAP
+//! relationships, new-commerce migrations), turned into the webhooks it would have sent
+//! ([`mapping`]),
 //! each named by the change key a delivered webhook carries too
 //! ([`crate::contract::change_key`]). What is not a change — failed, in-progress and
 //! declined operations, operations no event reports — is counted, never published.
@@ -8,9 +10,9 @@
 //! use, the changes the change store ([`crate::change_store`]) has not seen — so a
 //! change is published once across webhooks, runs and replicas.
 //!
-//! What it cannot recover: changes Partner Center does not audit (Microsoft-initiated
-//! subscription changes, incoming referrals, migration completion, usage thresholds),
-//! and anything older than the audit log's 90 days (docs/reconciliation.md).
+//! What it cannot recover: changes neither the audit log nor a list names
+//! (Microsoft-initiated subscription changes, incoming referrals, usage thresholds), and
+//! anything older than the audit log's 90 days (docs/reconciliation.md).
 
 pub mod audit;
 pub mod lists;
