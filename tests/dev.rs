@@ -6,7 +6,7 @@ mod common;
 
 use common::{
     app::spawn_ingress,
-    bus::{Bus, output_queues},
+    bus::{Bus, on_both_brokers, output_queues},
 };
 use pcbridge::config::BrokerKind;
 use pcbridge::dev::pki::{ORGANIZATION, Pki};
@@ -87,6 +87,46 @@ async fn dev_runs_the_whole_pipeline_on_rabbitmq() {
         r.stdout.contains(&format!("RabbitMQ at amqp://127.0.0.1:5672/%2f (exchange {}", config.rabbitmq.exchange))
     );
 }
+
+/// `pcbridge dev --give-up-percent`: Partner Center gives up on half the
+/// subscription-updated deliveries; `reconcile` (run by dev, against the simulator's
+/// audit log and GDAP list and the local PostgreSQL) publishes each lost change once, the
+/// worker enriches it, and a second run publishes nothing.
+async fn dev_recovers_the_deliveries_partner_center_gave_up(kind: BrokerKind) {
+    let bus = Bus::new(kind).await;
+    let prefix = format!("{}dev.", common::bus::unique_prefix());
+    let mut cmd = pcbridge();
+    cmd.args(["dev", "--count", "100", "--rate", "100", "--quiet", "--give-up-percent", "50"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--rabbitmq-prefix", &prefix])
+        .args(["--broker", if kind == BrokerKind::Kafka { "kafka" } else { "rabbitmq" }]);
+    let r = run(cmd).await;
+    let mut config = pcbridge::config::Config::default();
+    config.broker.prefix = prefix.clone();
+    config.rabbitmq.exchange = prefix.trim_end_matches('.').to_string();
+    bus.cleanup(&config, &output_queues(&config)).await;
+
+    assert!(r.ok, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    let lost: u64 = r
+        .stdout
+        .split("Partner Center gave up on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no deliveries given up:\n{}", r.stdout));
+    assert!(lost > 0);
+    let sent = 100 - lost;
+    assert!(r.stdout.contains(&format!("sent {sent} · published {sent} ")), "{}", r.stdout);
+    assert!(r.stdout.contains(&format!("published {lost} · already delivered")), "the first run: {}", r.stdout);
+    assert!(r.stdout.contains("again: reconciled") && r.stdout.contains("· published 0 ·"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!(
+            "recovered {lost} of {lost} lost changes, enriched · published twice: 0 · delivered changes published again: 0"
+        )),
+        "{}",
+        r.stdout
+    );
+}
+on_both_brokers!(dev_recovers_the_deliveries_partner_center_gave_up);
 
 /// `pcbridge dev --broker amqp`: the pipeline over AMQP 1.0, against the local RabbitMQ's
 /// AMQP 1.0 plugin, one line per event.

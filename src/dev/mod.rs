@@ -7,11 +7,13 @@
 //! - [`simulator`]: the certificate URL, Entra ID, the Partner Center API and Graph.
 //! - [`sender`]: sends the stream, signed, to a webhook URL at a steady rate.
 //! - [`report`]: per-event lines, progress and the summary.
+//! - [`recovery`]: deliveries Partner Center gives up, recovered by `reconcile`.
 //! - [`run`]: `pcbridge dev`, everything in one process.
 //! - [`simulate`]: `pcbridge simulate`, Partner Center against any running ingress.
 
 pub mod events;
 pub mod pki;
+pub mod recovery;
 pub mod report;
 pub mod run;
 pub mod sender;

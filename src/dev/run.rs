@@ -7,6 +7,7 @@
 //! and certificate URL; the worker's API, Graph and token base URLs point at it.
 
 use super::pki::{ORGANIZATION, Pki};
+use super::recovery::{GiveUps, recover};
 use super::report::{Outcome, Tracker, human};
 use super::sender::{SendOptions, print_progress, send};
 use super::simulator::{self, Simulator};
@@ -56,7 +57,16 @@ pub struct DevArgs {
     /// Seconds to wait for the last outcomes after sending stopped.
     #[arg(long, default_value_t = 60)]
     pub wait_secs: u64,
+    /// Percentage of subscription-updated deliveries Partner Center gives up on: their
+    /// changes go to its audit log only. After the stream, `reconcile` recovers them
+    /// (needs PostgreSQL: reconcile.store_url, else the local one).
+    #[arg(long, default_value_t = 0)]
+    pub give_up_percent: u32,
 }
+
+/// The change store of `dev --give-up-percent` when `reconcile.store_url` names none:
+/// the local PostgreSQL that `make services` starts.
+const DEV_STORE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DevBroker {
@@ -82,6 +92,10 @@ pub enum DevError {
         "{refused} events were refused by the ingress and {missing} published events did not come out within {within}"
     )]
     Lost { refused: u64, missing: u64, within: String },
+    /// `--give-up-percent`: reconciliation did not bring back every lost change exactly
+    /// once.
+    #[error("{0}")]
+    Unrecovered(String),
 }
 
 /// Runs the demonstration; an error when an event was refused or never came out.
@@ -136,6 +150,12 @@ pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) ->
         sim.base_url(),
         sim.certificate_url()
     );
+    if args.give_up_percent > 0 {
+        println!(
+            "  store      {} table {} (Partner Center gives up on {} % of subscription-updated deliveries)",
+            config.reconcile.store_url, config.reconcile.table, args.give_up_percent
+        );
+    }
     let amount = if args.forever { "until Ctrl-C".to_string() } else { format!("{} events", args.count) };
     println!(
         "Sending {amount} at {} events/s. Each line: sent → published (ingress answered 2xx after the broker confirmed) → enriched or dead-lettered (read from the output destination).\n",
@@ -143,8 +163,13 @@ pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) ->
     );
 
     let tracker = Arc::new(Tracker::new(true, !args.quiet));
-    let observer =
-        tokio::spawn(observe(pipeline.observer.clone(), tracker.clone(), config.broker.destinations().dead_letter()));
+    let give_ups = Arc::new(GiveUps::new(args.give_up_percent));
+    let observer = tokio::spawn(observe(
+        pipeline.observer.clone(),
+        tracker.clone(),
+        give_ups.clone(),
+        config.broker.destinations().dead_letter(),
+    ));
     let progress_stop = CancellationToken::new();
     let progress = tokio::spawn(print_progress(tracker.clone(), Duration::from_secs(5), progress_stop.clone()));
     let send_options = SendOptions {
@@ -154,6 +179,7 @@ pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) ->
         ms_signature_header: false,
         seed: fastrand::u64(..),
         timeout: Duration::from_secs(10),
+        give_ups: (args.give_up_percent > 0).then(|| give_ups.clone()),
     };
     send(&sim, tracker.clone(), &send_options, interrupt.clone()).await;
 
@@ -165,6 +191,11 @@ pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) ->
     progress_stop.cancel();
     let _ = progress.await;
     print!("{}", tracker.summary());
+    let recovery = if args.give_up_percent > 0 && give_ups.counts().given_up > 0 {
+        Some(recover(&config, &give_ups, wait).await)
+    } else {
+        None
+    };
     let stats = sim.stats();
     println!(
         "  simulator: {} API requests ({} throttled), {} token requests, {} certificate downloads",
@@ -175,6 +206,16 @@ pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) ->
     let _ = std::fs::remove_dir_all(&workdir);
     drop(mock);
 
+    match recovery {
+        Some(Err(e)) => return Err(DevError::Unrecovered(format!("reconciliation failed: {e}"))),
+        Some(Ok(c)) if c.recovered < c.given_up || c.twice > 0 || c.delivered_again > 0 => {
+            return Err(DevError::Unrecovered(format!(
+                "{} of {} lost changes recovered; {} published twice, {} delivered changes published again",
+                c.recovered, c.given_up, c.twice, c.delivered_again
+            )));
+        }
+        _ => {}
+    }
     let totals = tracker.totals();
     let refused: u64 = totals.refused.values().sum();
     match (refused, totals.waiting()) {
@@ -333,9 +374,12 @@ impl Pipeline {
 }
 
 /// Reads enriched messages and dead letters as a downstream service would.
-async fn observe(consumer: Arc<dyn Consumer>, tracker: Arc<Tracker>, dead_letter: String) {
+async fn observe(consumer: Arc<dyn Consumer>, tracker: Arc<Tracker>, give_ups: Arc<GiveUps>, dead_letter: String) {
     while let Some(d) = consumer.recv().await {
         let id = d.header(headers::EVENT_ID).unwrap_or_default().to_string();
+        if d.header(headers::ORIGIN) == Some(headers::ORIGIN_RECONCILE) {
+            give_ups.observed(d.header(headers::CHANGE_KEY).unwrap_or_default());
+        }
         let attempts = |v: Option<&str>| v.and_then(|a| a.parse().ok()).unwrap_or(0);
         let outcome = if d.destination == dead_letter {
             let kind = d.header(headers::ERROR_KIND).unwrap_or("unknown").to_string();
@@ -394,6 +438,14 @@ fn dev_config(
     c.admin.listen = args.admin_listen;
     c.worker.events.clear();
     c.shutdown.drain_deadline_ms = c.shutdown.drain_deadline_ms.min(5_000);
+    if args.give_up_percent > 0 {
+        if c.reconcile.store_url.is_empty() {
+            c.reconcile.store_url = DEV_STORE_URL.into();
+        }
+        c.reconcile.table = "pcbridge_dev_changes".into();
+        // The simulator's changes are seconds old: nothing is left to settle.
+        c.reconcile.settle_minutes = 0;
+    }
     match bootstrap {
         Some(bootstrap) => {
             c.broker.kind = BrokerKind::Kafka;

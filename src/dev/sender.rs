@@ -3,6 +3,7 @@
 //! recorded by the [`Tracker`].
 
 use super::events::Generator;
+use super::recovery::GiveUps;
 use super::report::Tracker;
 use super::simulator::Simulator;
 use crate::partner_center::event::event_id;
@@ -28,6 +29,9 @@ pub struct SendOptions {
     pub seed: u64,
     /// Time limit of one delivery (Partner Center's own is a few seconds).
     pub timeout: Duration,
+    /// Deliveries Partner Center gives up on (`pcbridge dev --give-up-percent`): their
+    /// changes are recorded, their webhooks not sent.
+    pub give_ups: Option<Arc<GiveUps>>,
 }
 
 /// Sends until `count` events were sent or `stop` is cancelled, then waits for the
@@ -53,6 +57,12 @@ pub async fn send(sim: &Simulator, tracker: Arc<Tracker>, options: &SendOptions,
         }
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
         let sample = generator.next_sample();
+        // Partner Center records the change whether or not the webhook gets through.
+        sim.record_change(&sample.body);
+        if options.give_ups.as_ref().is_some_and(|g| g.gives_up(sample.name, &sample.body)) {
+            sent += 1;
+            continue;
+        }
         if let Some(correlation_id) = &sample.correlation_id {
             sim.expect_validation(correlation_id);
         }

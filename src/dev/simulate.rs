@@ -99,6 +99,7 @@ pub async fn run(args: SimulateArgs, interrupt: CancellationToken) -> Result<(),
     let progress_stop = CancellationToken::new();
     let progress = tokio::spawn(print_progress(tracker.clone(), Duration::from_secs(5), progress_stop.clone()));
     let options = SendOptions {
+        give_ups: None,
         target: args.target.clone(),
         rate: args.rate,
         count: (!args.forever).then_some(args.count),

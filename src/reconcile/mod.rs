@@ -1,8 +1,7 @@
 //! Reconciliation: the changes Partner Center recorded in a time range, read from its
 //! audit log ([`audit`]) and the lists that state what it does not ([`lists`]: GDAP
 //! relationships, new-commerce migrations), turned into the webhooks it would have sent
-//! ([`mapping`]),
-//! each named by the change key a delivered webhook carries too
+//! ([`mapping`]), each named by the change key a delivered webhook carries too
 //! ([`crate::contract::change_key`]). What is not a change — failed, in-progress and
 //! declined operations, operations no event reports — is counted, never published.
 //!

@@ -1,7 +1,7 @@
 //! A Partner Center simulator on one HTTP listener: the signing certificate (like
 //! Partner Center's `.cer` URL), an Entra ID token endpoint, the Partner Center API
-//! (resources, audit records, fraud events, the webhook registration API), and Microsoft
-//! Graph's GDAP resources. It signs events the way Partner Center does, and delivers
+//! (resources, the audit log of the changes it reported, fraud events, the webhook
+//! registration API), and Microsoft Graph's GDAP resources and relationships list. It signs events the way Partner Center does, and delivers
 //! validation (`test-created`) events to the registered webhook URL.
 //!
 //! It is an ordinary HTTP server: an ingress trusts it through its configuration
@@ -9,6 +9,7 @@
 //! through `partner_center.*_base_url`. Nothing in the product knows it exists.
 
 mod api;
+mod records;
 mod registration;
 
 use super::pki::{Pki, PkiError};
@@ -93,6 +94,8 @@ pub(crate) struct World {
     /// Issued access tokens → (grant type, scope).
     tokens: HashMap<String, (String, String)>,
     pub(crate) registration: registration::Registrations,
+    /// The audit log and the GDAP relationships: what Partner Center recorded.
+    records: records::Records,
     stats: Stats,
 }
 
@@ -147,6 +150,7 @@ impl Simulator {
                 options,
                 tokens: HashMap::new(),
                 registration: registration::Registrations::default(),
+                records: records::Records::default(),
                 stats: Stats::default(),
             }),
         });
@@ -191,6 +195,14 @@ impl Simulator {
     /// Makes `GET …/validationEvents/{correlation_id}` answer, as after a test event.
     pub fn expect_validation(&self, correlation_id: &str) {
         self.shared.lock().registration.record_sent(correlation_id, None);
+    }
+
+    /// Records the change webhook `body` reports in the audit log or the GDAP list, as
+    /// Partner Center records every change whether or not its webhook gets through.
+    pub fn record_change(&self, body: &[u8]) {
+        if let Ok(event) = serde_json::from_slice(body) {
+            self.shared.lock().records.record(&event);
+        }
     }
 
     pub fn stats(&self) -> Stats {
@@ -277,6 +289,16 @@ async fn handle(
             Ok(page) => axum::Json(page).into_response(),
             Err(message) => error(StatusCode::BAD_REQUEST, message),
         };
+    }
+    if path == "/v1/auditrecords" {
+        let continuation = headers.get("ms-continuationtoken").and_then(|v| v.to_str().ok());
+        return match shared.lock().records.audit_page(uri.query().unwrap_or_default(), continuation) {
+            Ok(page) => axum::Json(page).into_response(),
+            Err(message) => error(StatusCode::BAD_REQUEST, message),
+        };
+    }
+    if path == "/v1.0/tenantRelationships/delegatedAdminRelationships" {
+        return axum::Json(shared.lock().records.relationships_page()).into_response();
     }
     let gone_percent = shared.lock().options.gone_percent;
     match api::resource(path) {
