@@ -328,7 +328,9 @@ impl PodLock {
     }
 }
 
-/// Runs every Deployment of `overlay` as its pod, one after the other.
+/// Runs every Deployment of `overlay` as its pod, one after the other. The caller holds
+/// the [`PodLock`] (through its cleanup of the broker too: the pods share the manifests'
+/// prefix and exchange).
 async fn run_overlay(overlay: &str, broker: &Broker) {
     pcbridge::partner_center::install_crypto_provider();
     let objects = render(&repo().join("deploy/kubernetes/overlays").join(overlay));
@@ -338,7 +340,6 @@ async fn run_overlay(overlay: &str, broker: &Broker) {
     assert_eq!(deployments.len(), 2, "{overlay}: the ingress and the worker");
     let links = service_links(&objects);
     assert!(links.contains_key("PCBRIDGE_INGRESS_PORT"), "the Service pcbridge-ingress makes the kubelet inject links");
-    let _lock = PodLock::take();
     for deployment in deployments {
         let name = text(&deployment["metadata"]["name"]);
         let pod = &deployment["spec"]["template"]["spec"];
@@ -503,11 +504,13 @@ fn tempdir(name: &str) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_overlay_pods_run_as_the_kubelet_runs_them() {
     let mock = rdkafka::mocking::MockCluster::new(3).expect("mock cluster");
+    let _lock = PodLock::take();
     run_overlay("kafka", &Broker { kafka_bootstrap: mock.bootstrap_servers() }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_overlay_pods_run_as_the_kubelet_runs_them() {
+    let _lock = PodLock::take();
     run_overlay("rabbitmq", &Broker { kafka_bootstrap: String::new() }).await;
     // The pods used the manifests' own prefix and exchange; leave the broker as found.
     let conn = common::bus::rabbitmq::connect().await;
@@ -538,6 +541,9 @@ async fn reconcile_cronjob_runs_as_the_kubelet_runs_it() {
     for (key, value) in [
         ("PCBRIDGE_PARTNER_CENTER__BASE_URL", api.base.clone()),
         ("PCBRIDGE_PARTNER_CENTER__TOKEN_BASE_URL", api.base.clone()),
+        ("PCBRIDGE_PARTNER_CENTER__GRAPH_BASE_URL", api.base.clone()),
+        ("PCBRIDGE_PARTNER_CENTER__REFERRALS_BASE_URL", api.base.clone()),
+        ("PCBRIDGE_PARTNER_CENTER__REFRESH_TOKEN", common::pc_api::REFRESH_TOKEN.to_string()),
         ("PCBRIDGE_PARTNER_CENTER__CLIENT_ID", common::pc_api::CLIENT_ID.to_string()),
         ("PCBRIDGE_PARTNER_CENTER__CLIENT_SECRET", common::pc_api::CLIENT_SECRET.to_string()),
     ] {

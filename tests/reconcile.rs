@@ -195,7 +195,21 @@ async fn the_lists_add_what_the_audit_log_does_not_record() {
         json!([{"id": "mig-0", "customerTenantId": "c-1", "status": "Processing", "startedTime": ago(1)}]),
         json!([{"id": "mig-1", "customerTenantId": "c-1", "status": "Completed", "startedTime": ago(30), "completedTime": ago(29)}]),
     ]);
-    let options = ReadOptions { lists: true, ..options() };
+    // Referrals, most recently updated first: one created and updated in range, one
+    // updated in range, then one untouched since long before (the last page read).
+    let referrals = "/v1.0/engagements/referrals";
+    api.put_pages(
+        referrals,
+        vec![
+            json!({"value": [
+                {"id": "ref-1", "createdDateTime": ago(8), "updatedDateTime": ago(2)},
+                {"id": "ref-2", "createdDateTime": ago(24 * 40), "updatedDateTime": ago(6)},
+                {"id": "ref-3", "createdDateTime": ago(24 * 40), "updatedDateTime": ago(24 * 30)},
+            ]}),
+            json!({"value": [{"id": "ref-4", "createdDateTime": ago(24 * 50), "updatedDateTime": ago(24 * 45)}]}),
+        ],
+    );
+    let options = ReadOptions { lists: true, referrals: true, ..options() };
     let base = "https://api.partnercenter.microsoft.com";
     let found =
         reconcile::find_changes(&client, base, now - time::Duration::hours(48), now, &options).await.expect("read");
@@ -207,10 +221,17 @@ async fn the_lists_add_what_the_audit_log_does_not_record() {
             ("audit", "granular-admin-relationship-approved"),
             ("gdap", "granular-admin-relationship-activated"),
             ("gdap", "granular-admin-relationship-expired"),
+            ("referrals", "referral-created"),
+            ("referrals", "referral-updated"),
+            ("referrals", "referral-updated"),
             ("migrations", "new-commerce-migration-completed"),
         ],
-        "rel-2's approval once (the audit log's), rel-3 pending, rel-5 ended before the range"
+        "rel-2's approval once (the audit log's), rel-3 pending, rel-5 ended before the range; \
+         ref-1 created and updated, ref-2 updated, ref-3 not in range"
     );
+    assert_eq!(found.pages.get("referrals"), Some(&1), "the first page reached back past --since");
+    let listed = api.requests_to(referrals);
+    assert!(listed[0].query.contains("$orderby=updatedDateTime%20desc"), "{:?}", listed[0].query);
     assert_eq!(found.pages.get("gdap"), Some(&2), "both pages of relationships");
     assert_eq!(found.pages.get("migrations"), Some(&2), "both pages, through MS-ContinuationToken");
     let listed = api.requests_to(migrations);

@@ -84,6 +84,7 @@ impl Setup {
             ("PCBRIDGE_SIGNATURE__ISSUER_ORGANIZATION", ORGANIZATION.to_string()),
             ("PCBRIDGE_PARTNER_CENTER__BASE_URL", self.sim.base_url().to_string()),
             ("PCBRIDGE_PARTNER_CENTER__GRAPH_BASE_URL", self.sim.base_url().to_string()),
+            ("PCBRIDGE_PARTNER_CENTER__REFERRALS_BASE_URL", self.sim.base_url().to_string()),
             ("PCBRIDGE_PARTNER_CENTER__TOKEN_BASE_URL", self.sim.base_url().to_string()),
             ("PCBRIDGE_PARTNER_CENTER__TENANT_ID", simulator::TENANT_ID.to_string()),
             ("PCBRIDGE_PARTNER_CENTER__CLIENT_ID", simulator::CLIENT_ID.to_string()),

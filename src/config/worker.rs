@@ -20,6 +20,9 @@ pub struct PartnerCenterConfig {
     pub graph_base_url: String,
     /// OAuth scope of Graph tokens.
     pub graph_scope: String,
+    /// The Partner Center referrals API (`/v1.0/engagements/referrals`), which
+    /// reconciliation lists with the App+User token (`refresh_token`).
+    pub referrals_base_url: String,
     /// Entra ID authority; tokens come from `{token_base_url}/{tenant_id}/oauth2/v2.0/token`.
     pub token_base_url: String,
     /// The partner's Entra ID tenant.
@@ -54,6 +57,7 @@ impl Default for PartnerCenterConfig {
             scope: "https://api.partnercenter.microsoft.com/.default".into(),
             graph_base_url: "https://graph.microsoft.com".into(),
             graph_scope: "https://graph.microsoft.com/.default".into(),
+            referrals_base_url: "https://api.partner.microsoft.com".into(),
             token_base_url: "https://login.microsoftonline.com".into(),
             tenant_id: String::new(),
             client_id: String::new(),
@@ -128,6 +132,7 @@ impl PartnerCenterConfig {
         for (key, url) in [
             ("partner_center.base_url", &self.base_url),
             ("partner_center.graph_base_url", &self.graph_base_url),
+            ("partner_center.referrals_base_url", &self.referrals_base_url),
             ("partner_center.token_base_url", &self.token_base_url),
         ] {
             if !is_http_url(url) {

@@ -427,6 +427,7 @@ fn dev_config(
     let pc = &mut c.partner_center;
     pc.base_url = sim.base_url().to_string();
     pc.graph_base_url = sim.base_url().to_string();
+    pc.referrals_base_url = sim.base_url().to_string();
     pc.token_base_url = sim.base_url().to_string();
     pc.tenant_id = simulator::TENANT_ID.into();
     pc.client_id = simulator::CLIENT_ID.into();

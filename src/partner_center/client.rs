@@ -26,6 +26,8 @@ pub enum Api {
     Graph,
     /// The fraud events API: Partner Center's base URL, an App+User token.
     Fraud,
+    /// The referrals API (`partner_center.referrals_base_url`), an App+User token.
+    Referrals,
 }
 
 impl Api {
@@ -34,6 +36,7 @@ impl Api {
             Api::PartnerCenter => "partner_center",
             Api::Graph => "graph",
             Api::Fraud => "fraud_events",
+            Api::Referrals => "referrals",
         }
     }
 }
@@ -80,6 +83,7 @@ pub struct ApiClient {
     http: reqwest::Client,
     partner_center_base: String,
     graph_base: String,
+    referrals_base: String,
     partner_center_scope: String,
     graph_scope: String,
     tokens: TokenProvider,
@@ -114,6 +118,7 @@ impl ApiClient {
             http,
             partner_center_base: pc.base_url.trim_end_matches('/').to_string(),
             graph_base: pc.graph_base_url.trim_end_matches('/').to_string(),
+            referrals_base: pc.referrals_base_url.trim_end_matches('/').to_string(),
             partner_center_scope: pc.scope.clone(),
             graph_scope: pc.graph_scope.clone(),
             tokens,
@@ -126,6 +131,7 @@ impl ApiClient {
             Api::PartnerCenter => (&self.partner_center_base, Grant::ClientCredentials, &self.partner_center_scope),
             Api::Graph => (&self.graph_base, Grant::ClientCredentials, &self.graph_scope),
             Api::Fraud => (&self.partner_center_base, Grant::RefreshToken, &self.partner_center_scope),
+            Api::Referrals => (&self.referrals_base, Grant::RefreshToken, &self.partner_center_scope),
         }
     }
 

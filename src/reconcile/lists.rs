@@ -11,6 +11,11 @@
 //!   through the `MS-ContinuationToken` header): `Completed` and `Failed` report
 //!   `new-commerce-migration-completed` / `-failed`, at `completedTime`.
 //!
+//! - **Referrals** (`GET {referrals_base_url}/v1.0/engagements/referrals`, newest update
+//!   first, through `@odata.nextLink`, App+User): one created or updated within the
+//!   range reports `referral-created` / `referral-updated` — incoming referrals are in no
+//!   partner audit record. Only a referral's latest update is listed.
+//!
 //! Each is named like its webhook, by event, resource and change time
 //! ([`crate::contract::change_key`]); the change store matches it to a delivered webhook
 //! within `reconcile.match_window_secs`.
@@ -27,6 +32,12 @@ pub const MIGRATIONS: &str = "migrations";
 
 /// The first page of the GDAP relationships (Graph's largest page).
 pub const GDAP_FIRST_PAGE: &str = "/v1.0/tenantRelationships/delegatedAdminRelationships?$top=300";
+
+/// The `source` of changes found in the referrals list.
+pub const REFERRALS: &str = "referrals";
+
+/// The first page of the referrals, most recently updated first.
+pub const REFERRALS_FIRST_PAGE: &str = "/v1.0/engagements/referrals?$orderby=updatedDateTime%20desc&$top=100";
 
 /// The first page of one customer's new-commerce migrations.
 pub fn migrations_first_page(customer: &str) -> String {
@@ -103,6 +114,43 @@ pub fn migration_change(item: &Value, api_base: &str, since: OffsetDateTime, unt
     Some(Change { event_name, change_key: key_of(&body)?, body, source: MIGRATIONS })
 }
 
+/// What a referral says within `[since, until)`: created then, updated then (its latest
+/// update only: the list keeps no history), or both.
+pub fn referral_changes(item: &Value, api_base: &str, since: OffsetDateTime, until: OffsetDateTime) -> Vec<Change> {
+    let Some(id) = item.get("id").and_then(Value::as_str) else { return Vec::new() };
+    let at = |field: &str| item.get(field).and_then(Value::as_str).and_then(parse_time);
+    let (created, updated) = (at("createdDateTime"), at("updatedDateTime"));
+    let base = api_base.trim_end_matches('/');
+    let mut changes = Vec::new();
+    for (event_name, time) in
+        [("referral-created", created), ("referral-updated", updated.filter(|u| Some(*u) != created))]
+    {
+        let Some(time) = time.filter(|t| *t >= since && *t < until) else { continue };
+        let body = json!({
+            "EventName": event_name,
+            "ResourceUri": format!("{base}/engagements/v1/referrals/{id}"),
+            "ResourceName": "referral",
+            "AuditUri": null,
+            "ResourceChangeUtcDate": time.format(&Rfc3339).unwrap_or_default(),
+        });
+        if let Some(change_key) = key_of(&body) {
+            changes.push(Change { event_name, change_key, body, source: REFERRALS });
+        }
+    }
+    changes
+}
+
+/// Whether a referrals page (newest update first) reached back before `since`: the
+/// pages after it hold only older updates.
+pub fn referrals_done(items: &[Value], since: OffsetDateTime) -> bool {
+    items
+        .last()
+        .and_then(|i| i.get("updatedDateTime"))
+        .and_then(Value::as_str)
+        .and_then(parse_time)
+        .is_some_and(|t| t < since)
+}
+
 fn parse_time(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &Rfc3339).ok().map(|t| t.to_offset(time::UtcOffset::UTC))
 }
@@ -153,6 +201,25 @@ mod tests {
         assert_eq!(failed.map(|c| c.event_name), Some("new-commerce-migration-failed"));
         assert!(migration_change(&item("Processing", ""), base, SINCE, UNTIL).is_none());
         assert!(migration_change(&item("Completed", "2026-11-01T09:00:00Z"), base, SINCE, UNTIL).is_none());
+    }
+
+    #[test]
+    fn a_referral_reports_its_creation_and_its_latest_update_in_range() {
+        let base = "https://api.partnercenter.microsoft.com";
+        let item =
+            json!({"id": "r-1", "createdDateTime": "2026-12-01T08:00:00Z", "updatedDateTime": "2026-12-02T08:00:00Z"});
+        let names: Vec<&str> = referral_changes(&item, base, SINCE, UNTIL).iter().map(|c| c.event_name).collect();
+        assert_eq!(names, ["referral-created", "referral-updated"]);
+        let fresh =
+            json!({"id": "r-2", "createdDateTime": "2026-12-01T08:00:00Z", "updatedDateTime": "2026-12-01T08:00:00Z"});
+        assert_eq!(referral_changes(&fresh, base, SINCE, UNTIL).len(), 1, "never updated");
+        let old =
+            json!({"id": "r-3", "createdDateTime": "2026-10-01T08:00:00Z", "updatedDateTime": "2026-12-02T08:00:00Z"});
+        let changes = referral_changes(&old, base, SINCE, UNTIL);
+        assert_eq!(changes.iter().map(|c| c.event_name).collect::<Vec<_>>(), ["referral-updated"]);
+        assert_eq!(changes[0].body["ResourceUri"], format!("{base}/engagements/v1/referrals/r-3"));
+        assert!(referrals_done(&[old.clone(), json!({"updatedDateTime": "2026-11-01T00:00:00Z"})], SINCE));
+        assert!(!referrals_done(&[old], SINCE));
     }
 
     #[test]

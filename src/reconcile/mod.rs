@@ -75,6 +75,8 @@ pub struct ReadOptions {
     pub max_delay: Duration,
     /// Read the lists too (GDAP relationships, new-commerce migrations).
     pub lists: bool,
+    /// Read the referrals list (App+User: only with a refresh token).
+    pub referrals: bool,
 }
 
 impl Default for ReadOptions {
@@ -86,6 +88,7 @@ impl Default for ReadOptions {
             min_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(30),
             lists: true,
+            referrals: false,
         }
     }
 }
@@ -122,6 +125,11 @@ pub async fn find_changes(
     if options.lists {
         if let Err(e) = reader.read_gdap(since, until).await {
             reader.list_failed(lists::GDAP, e)?;
+        }
+        if options.referrals
+            && let Err(e) = reader.read_referrals(api_base, since, until).await
+        {
+            reader.list_failed(lists::REFERRALS, e)?;
         }
         for customer in &migration_customers {
             if let Err(e) = reader.read_migrations(customer, api_base, since, until).await {
@@ -180,6 +188,29 @@ impl Reader<'_> {
                 }
             }
             next = after;
+        }
+        Ok(())
+    }
+
+    /// The referrals updated since `since`, newest first, page by page.
+    async fn read_referrals(
+        &mut self,
+        api_base: &str,
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<(), ReadError> {
+        let mut next = Some(lists::REFERRALS_FIRST_PAGE.to_string());
+        while let Some(path) = next.take() {
+            let (body, _) = self.fetch(Api::Referrals, lists::REFERRALS, &path, &[]).await?;
+            let (items, after) = lists::graph_page(&body);
+            for item in &items {
+                for change in lists::referral_changes(item, api_base, since, until) {
+                    self.add(change);
+                }
+            }
+            if !lists::referrals_done(&items, since) {
+                next = after;
+            }
         }
         Ok(())
     }

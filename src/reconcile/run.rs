@@ -162,6 +162,8 @@ pub async fn run(config: &Config, args: &ReconcileArgs, metrics: Arc<Metrics>) -
         request_budget: r.request_budget,
         attempts: r.attempts,
         lists: r.lists,
+        // App+User only: read when a refresh token is configured.
+        referrals: r.lists && matches!(config.refresh_token(), Ok(Some(_))),
         ..ReadOptions::default()
     };
     let api_base = config

@@ -91,6 +91,7 @@ pub fn broker_env(c: &Config) -> Vec<(&'static str, String)> {
 pub fn worker_config(mut c: Config, api: &pc_api::PcApi) -> Config {
     c.partner_center.base_url = api.base.clone();
     c.partner_center.graph_base_url = api.base.clone();
+    c.partner_center.referrals_base_url = api.base.clone();
     c.partner_center.token_base_url = api.base.clone();
     c.partner_center.tenant_id = "tenant-1".into();
     c.partner_center.client_id = pc_api::CLIENT_ID.into();

@@ -94,10 +94,11 @@ impl PcApi {
 
     /// The environment that points a `pcbridge` process's API clients (Partner Center,
     /// Graph, Entra ID) at this stand-in, with its credentials.
-    pub fn env(&self) -> [(&'static str, String); 7] {
+    pub fn env(&self) -> [(&'static str, String); 8] {
         [
             ("PCBRIDGE_PARTNER_CENTER__BASE_URL", self.base.clone()),
             ("PCBRIDGE_PARTNER_CENTER__GRAPH_BASE_URL", self.base.clone()),
+            ("PCBRIDGE_PARTNER_CENTER__REFERRALS_BASE_URL", self.base.clone()),
             ("PCBRIDGE_PARTNER_CENTER__TOKEN_BASE_URL", self.base.clone()),
             ("PCBRIDGE_PARTNER_CENTER__TENANT_ID", "tenant-1".to_string()),
             ("PCBRIDGE_PARTNER_CENTER__CLIENT_ID", CLIENT_ID.to_string()),
@@ -287,8 +288,10 @@ fn answer(
     }
     let w = world.lock().unwrap();
     let fraud = path == "/v1/fraudEvents";
-    let graph = path.starts_with("/v1.0/");
-    let (want_grant, want_scope) = match (fraud, graph) {
+    // The referrals API shares Graph's /v1.0 and OData paging, and wants App+User.
+    let referrals = path.starts_with("/v1.0/engagements/");
+    let graph = path.starts_with("/v1.0/") && !referrals;
+    let (want_grant, want_scope) = match (fraud || referrals, graph) {
         (true, _) => ("refresh_token", PC_SCOPE),
         (false, true) => ("client_credentials", GRAPH_SCOPE),
         _ => ("client_credentials", PC_SCOPE),
@@ -330,7 +333,7 @@ fn answer(
         return audit_records(&w.audit, query, headers);
     }
     if let Some(pages) = w.pages.get(path) {
-        return paged(pages, path, graph, query, headers);
+        return paged(pages, path, graph || referrals, query, headers);
     }
     match w.resources.get(path) {
         Some(v) => axum::Json(v.clone()).into_response(),

@@ -244,9 +244,11 @@ async fn handle(
     if method == Method::POST && path.ends_with("/oauth2/v2.0/token") {
         return token(&shared, path, &body);
     }
-    let graph = path.starts_with("/v1.0/");
+    // The referrals API shares Graph's /v1.0 paths and wants an App+User token.
+    let referrals = path.starts_with("/v1.0/engagements/");
+    let graph = path.starts_with("/v1.0/") && !referrals;
     let fraud = path == "/v1/fraudEvents";
-    let (want_grant, want_scope) = match (fraud, graph) {
+    let (want_grant, want_scope) = match (fraud || referrals, graph) {
         (true, _) => ("refresh_token", "https://api.partnercenter.microsoft.com/.default"),
         (false, true) => ("client_credentials", "https://graph.microsoft.com/.default"),
         _ => ("client_credentials", "https://api.partnercenter.microsoft.com/.default"),
@@ -299,6 +301,9 @@ async fn handle(
     }
     if path == "/v1.0/tenantRelationships/delegatedAdminRelationships" {
         return axum::Json(shared.lock().records.relationships_page()).into_response();
+    }
+    if path == "/v1.0/engagements/referrals" {
+        return axum::Json(shared.lock().records.referrals_page()).into_response();
     }
     let gone_percent = shared.lock().options.gone_percent;
     match api::resource(path) {

@@ -1,7 +1,8 @@
 //! What the simulated Partner Center records of the changes it reports, whether or not
 //! it delivers their webhooks: the audit log (`GET /v1/auditrecords`, windows of at most
-//! 30 days, pages through `links.next` and `MS-ContinuationToken`) and Graph's GDAP
-//! relationships (`GET /v1.0/tenantRelationships/delegatedAdminRelationships`).
+//! 30 days, pages through `links.next` and `MS-ContinuationToken`), Graph's GDAP
+//! relationships (`GET /v1.0/tenantRelationships/delegatedAdminRelationships`) and the
+//! referrals (`GET /v1.0/engagements/referrals`).
 //! Reconciliation reads them back.
 
 use serde_json::{Value, json};
@@ -15,6 +16,8 @@ pub(crate) struct Records {
     audit: Vec<Value>,
     /// Relationship id → the relationship as Graph lists it.
     relationships: BTreeMap<String, Value>,
+    /// Referral id → the referral as the referrals API lists it.
+    referrals: BTreeMap<String, Value>,
 }
 
 impl Records {
@@ -53,6 +56,15 @@ impl Records {
                            "displayName": format!("GDAP {id}"), "duration": "P730D"}),
                 );
             }
+            "referral-created" | "referral-updated" => {
+                let Some(id) = segment_after(&segments, "referrals") else { return };
+                // An update of a referral this run never saw created: created long ago.
+                let created = if name == "referral-created" { at.to_string() } else { "2025-01-01T00:00:00Z".into() };
+                let referral = self.referrals.entry(id.to_string()).or_insert_with(
+                    || json!({"id": id, "createdDateTime": created, "status": "New", "direction": "Incoming"}),
+                );
+                referral["updatedDateTime"] = json!(at);
+            }
             _ => {}
         }
     }
@@ -88,6 +100,13 @@ impl Records {
             }});
         }
         Ok(page)
+    }
+
+    /// The referrals list (one page), most recently updated first.
+    pub(crate) fn referrals_page(&self) -> Value {
+        let mut items: Vec<&Value> = self.referrals.values().collect();
+        items.sort_by(|a, b| b["updatedDateTime"].as_str().cmp(&a["updatedDateTime"].as_str()));
+        json!({"value": items})
     }
 
     /// Graph's relationships list (one page).
