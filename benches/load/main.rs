@@ -1,7 +1,7 @@
 //! `cargo bench --bench load [-- <scenario>…]` (`make bench`): the ingress and the worker
 //! as separate processes under load, on this machine, next to reference servers.
 //!
-//! Scenarios (all but `soak` when none is named):
+//! Scenarios (all but `soak` and `rabbitmq-cost` when none is named):
 //! - `ingress-kafka`, `ingress-rabbitmq`: the bare HTTP limit, the minimal pipeline and
 //!   the ingress, as fast as they go (closed loop) and at fixed rates (open loop);
 //!   RabbitMQ also with one publish in flight at a time, to show what batching confirms is
@@ -10,6 +10,8 @@
 //!   open loop) narrows the fixed rates, e.g. for a profiling run.
 //! - `worker`: N events preloaded, the simulated API answering in a fixed 20 ms.
 //! - `startup`: spawn to `/readyz` for both roles.
+//! - `rabbitmq-cost`: RabbitMQ's CPU per published message, by what the message carries
+//!   (exchange, `mandatory`, properties, headers): see rabbit_cost.rs.
 //! - `soak`: both roles at half load for `PCBRIDGE_BENCH_SOAK_SECS` (600), RSS sampled
 //!   (see soak.rs).
 //!
@@ -18,6 +20,7 @@
 
 mod generator;
 mod procstat;
+mod rabbit_cost;
 mod reference;
 mod scenarios;
 mod servers;
@@ -54,7 +57,8 @@ fn main() {
                     "worker" => runtime.block_on(scenarios::worker()),
                     "startup" => runtime.block_on(scenarios::startup()),
                     "soak" => runtime.block_on(soak::soak()),
-                    other => eprintln!("unknown scenario {other}; known: {all:?} and soak"),
+                    "rabbitmq-cost" => runtime.block_on(rabbit_cost::run()),
+                    other => eprintln!("unknown scenario {other}; known: {all:?}, soak and rabbitmq-cost"),
                 }
             }
         }
