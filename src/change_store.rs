@@ -160,12 +160,6 @@ impl ChangeStore {
         Ok(())
     }
 
-    /// Whether `key` was published (by webhook or reconciliation).
-    pub async fn is_published(&self, key: &str) -> Result<bool, StoreError> {
-        let sql = format!("SELECT 1 FROM {} WHERE change_key = $1 AND state = 'published'", self.table);
-        Ok(!self.client.query(&sql, &[&key]).await?.is_empty())
-    }
-
     /// Whether the change `key` names reached the broker: that very key, or — for a key
     /// named by event, resource and change time — the same event of the same resource
     /// within `window` of that time. Partner Center's webhook and the record

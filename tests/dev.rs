@@ -32,6 +32,17 @@ async fn run(mut cmd: Command) -> Run {
     }
 }
 
+/// Removes what a `dev --rabbitmq-prefix {prefix}` run left in the shared RabbitMQ: its
+/// queues and the exchange dev names after the prefix (never the default exchange other
+/// tests use). Returns that run's configuration.
+async fn clean_dev_run(bus: &Bus, prefix: &str) -> pcbridge::config::Config {
+    let mut config = pcbridge::config::Config::default();
+    config.broker.prefix = prefix.to_string();
+    config.rabbitmq.exchange = prefix.trim_end_matches('.').to_string();
+    bus.cleanup(&config, &output_queues(&config)).await;
+    config
+}
+
 /// Checks a dev run's report: every event published and accounted for downstream.
 fn assert_whole_run(r: &Run, count: usize) {
     assert!(r.ok, "dev should succeed\nstdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
@@ -74,10 +85,7 @@ async fn dev_runs_the_whole_pipeline_on_rabbitmq() {
         .args(["--throttle-percent", "0"]);
     let r = run(cmd).await;
     // Leave nothing behind in the shared RabbitMQ.
-    let mut config = pcbridge::config::Config::default();
-    config.broker.prefix = prefix.clone();
-    config.rabbitmq.exchange = prefix.trim_end_matches('.').to_string();
-    bus.cleanup(&config, &output_queues(&config)).await;
+    let config = clean_dev_run(&bus, &prefix).await;
 
     assert!(r.ok, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
     assert!(!r.stdout.contains(" published (200) in "), "--quiet prints no line per event");
@@ -100,10 +108,7 @@ async fn dev_recovers_the_deliveries_partner_center_gave_up(kind: BrokerKind) {
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--rabbitmq-prefix", &prefix])
         .args(["--broker", if kind == BrokerKind::Kafka { "kafka" } else { "rabbitmq" }]);
     let r = run(cmd).await;
-    let mut config = pcbridge::config::Config::default();
-    config.broker.prefix = prefix.clone();
-    config.rabbitmq.exchange = prefix.trim_end_matches('.').to_string();
-    bus.cleanup(&config, &output_queues(&config)).await;
+    clean_dev_run(&bus, &prefix).await;
 
     assert!(r.ok, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
     let lost: u64 = r
@@ -139,9 +144,7 @@ async fn dev_runs_the_whole_pipeline_over_amqp_1_0() {
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--rabbitmq-prefix", &prefix])
         .args(["--throttle-percent", "0", "--gone-percent", "0"]);
     let r = run(cmd).await;
-    let mut config = pcbridge::config::Config::default();
-    config.broker.prefix = prefix.clone();
-    bus.cleanup(&config, &output_queues(&config)).await;
+    clean_dev_run(&bus, &prefix).await;
 
     assert_whole_run(&r, 48);
     assert!(

@@ -275,7 +275,7 @@ async fn a_change_is_claimed_once_and_a_delivered_one_never() {
     store.release("audit:1", "run-a").await.unwrap();
     assert!(store.claim("audit:1", "run-b", lease).await.unwrap());
     store.published("audit:1").await.unwrap();
-    assert!(store.is_published("audit:1").await.unwrap());
+    assert!(store.is_delivered("audit:1", Duration::ZERO).await.unwrap());
     assert!(!store.claim("audit:1", "run-c", Duration::ZERO).await.unwrap(), "published: never again");
     // A reconciler that died holding a claim: taken over once the lease has passed.
     assert!(store.claim("audit:2", "run-dead", lease).await.unwrap());
@@ -284,7 +284,7 @@ async fn a_change_is_claimed_once_and_a_delivered_one_never() {
     // Delivered by webhook: never claimed by reconciliation.
     store.delivered(&["audit:3".to_string(), "subscription-updated|x|t".to_string()]).await.unwrap();
     assert!(!store.claim("audit:3", "run-e", Duration::ZERO).await.unwrap());
-    assert!(store.is_published("subscription-updated|x|t").await.unwrap());
+    assert!(store.is_delivered("subscription-updated|x|t", Duration::ZERO).await.unwrap());
     // A change named by event, resource and time: delivered when a webhook of the same
     // event and resource came within the window of its time.
     let uri = "https://partner.microsoft.com/granularAdminRelationships/rel-1";
@@ -416,7 +416,7 @@ async fn reconcile_publishes_exactly_the_missing_changes(kind: BrokerKind) {
         Duration::from_secs(10),
         async || {
             for key in delivered {
-                if !store.is_published(key).await.expect("store") {
+                if !store.is_delivered(key, Duration::ZERO).await.expect("store") {
                     return false;
                 }
             }

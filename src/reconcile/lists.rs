@@ -69,31 +69,22 @@ fn path_of(url: &str) -> String {
 /// What a GDAP relationship's status says, if it is an event, within `[since, until)`.
 pub fn gdap_change(item: &Value, since: OffsetDateTime, until: OffsetDateTime) -> Option<Change> {
     let id = item.get("id")?.as_str()?;
-    let status = item.get("status")?.as_str()?;
-    let at = |field: &str| item.get(field).and_then(Value::as_str).and_then(parse_time);
-    let (event_name, time) = match status {
+    let at = |field: &str| time_of(item, field);
+    let (event_name, time) = match item.get("status")?.as_str()? {
         "approved" => ("granular-admin-relationship-approved", at("lastModifiedDateTime")),
         "active" => ("granular-admin-relationship-activated", at("activatedDateTime").or(at("lastModifiedDateTime"))),
         "terminated" => ("granular-admin-relationship-terminated", at("endDateTime").or(at("lastModifiedDateTime"))),
         "expired" => ("granular-admin-relationship-expired", at("endDateTime").or(at("lastModifiedDateTime"))),
         _ => return None,
     };
-    let time = time.filter(|t| *t >= since && *t < until)?;
-    let body = json!({
-        "EventName": event_name,
-        "ResourceUri": format!("https://{GDAP_HOST}/granularAdminRelationships/{id}"),
-        "ResourceName": "GranularAdminRelationship",
-        "AuditUri": null,
-        "ResourceChangeUtcDate": time.format(&Rfc3339).ok()?,
-    });
-    Some(Change { event_name, change_key: key_of(&body)?, body, source: GDAP })
+    let uri = format!("https://{GDAP_HOST}/granularAdminRelationships/{id}");
+    listed(event_name, uri, "GranularAdminRelationship", time.filter(|t| (since..until).contains(t))?, GDAP)
 }
 
 /// What a migration's status says, if it is an event, within `[since, until)`.
 pub fn migration_change(item: &Value, api_base: &str, since: OffsetDateTime, until: OffsetDateTime) -> Option<Change> {
     let id = item.get("id")?.as_str()?;
     let customer = item.get("customerTenantId")?.as_str()?;
-    let at = |field: &str| item.get(field).and_then(Value::as_str).and_then(parse_time);
     let status = item.get("status")?.as_str()?;
     let event_name = if status.eq_ignore_ascii_case("completed") {
         "new-commerce-migration-completed"
@@ -102,53 +93,54 @@ pub fn migration_change(item: &Value, api_base: &str, since: OffsetDateTime, unt
     } else {
         return None;
     };
-    let time = at("completedTime").or(at("startedTime")).filter(|t| *t >= since && *t < until)?;
-    let base = api_base.trim_end_matches('/');
-    let body = json!({
-        "EventName": event_name,
-        "ResourceUri": format!("{base}/v1/customers/{customer}/migrations/newcommerce/{id}"),
-        "ResourceName": "NewCommerceMigration",
-        "AuditUri": null,
-        "ResourceChangeUtcDate": time.format(&Rfc3339).ok()?,
-    });
-    Some(Change { event_name, change_key: key_of(&body)?, body, source: MIGRATIONS })
+    let time = time_of(item, "completedTime").or(time_of(item, "startedTime"));
+    let uri = format!("{}/v1/customers/{customer}/migrations/newcommerce/{id}", api_base.trim_end_matches('/'));
+    listed(event_name, uri, "NewCommerceMigration", time.filter(|t| (since..until).contains(t))?, MIGRATIONS)
 }
 
 /// What a referral says within `[since, until)`: created then, updated then (its latest
 /// update only: the list keeps no history), or both.
 pub fn referral_changes(item: &Value, api_base: &str, since: OffsetDateTime, until: OffsetDateTime) -> Vec<Change> {
     let Some(id) = item.get("id").and_then(Value::as_str) else { return Vec::new() };
-    let at = |field: &str| item.get(field).and_then(Value::as_str).and_then(parse_time);
-    let (created, updated) = (at("createdDateTime"), at("updatedDateTime"));
-    let base = api_base.trim_end_matches('/');
-    let mut changes = Vec::new();
-    for (event_name, time) in
-        [("referral-created", created), ("referral-updated", updated.filter(|u| Some(*u) != created))]
-    {
-        let Some(time) = time.filter(|t| *t >= since && *t < until) else { continue };
-        let body = json!({
-            "EventName": event_name,
-            "ResourceUri": format!("{base}/engagements/v1/referrals/{id}"),
-            "ResourceName": "referral",
-            "AuditUri": null,
-            "ResourceChangeUtcDate": time.format(&Rfc3339).unwrap_or_default(),
-        });
-        if let Some(change_key) = key_of(&body) {
-            changes.push(Change { event_name, change_key, body, source: REFERRALS });
-        }
-    }
-    changes
+    let (created, updated) = (time_of(item, "createdDateTime"), time_of(item, "updatedDateTime"));
+    let uri = format!("{}/engagements/v1/referrals/{id}", api_base.trim_end_matches('/'));
+    [("referral-created", created), ("referral-updated", updated.filter(|u| Some(*u) != created))]
+        .into_iter()
+        .filter_map(|(event_name, time)| {
+            let time = time.filter(|t| (since..until).contains(t))?;
+            listed(event_name, uri.clone(), "referral", time, REFERRALS)
+        })
+        .collect()
+}
+
+/// The webhook a listed change would have been — without an `AuditUri`, as these
+/// events' webhooks come — named by the key such a webhook carries.
+fn listed(
+    event_name: &'static str,
+    resource_uri: String,
+    resource_name: &str,
+    time: OffsetDateTime,
+    source: &'static str,
+) -> Option<Change> {
+    let body = json!({
+        "EventName": event_name,
+        "ResourceUri": resource_uri,
+        "ResourceName": resource_name,
+        "AuditUri": null,
+        "ResourceChangeUtcDate": time.format(&Rfc3339).ok()?,
+    });
+    Some(Change { event_name, change_key: key_of(&body)?, body, source })
+}
+
+/// A time field of a list item, in UTC.
+fn time_of(item: &Value, field: &str) -> Option<OffsetDateTime> {
+    item.get(field).and_then(Value::as_str).and_then(parse_time)
 }
 
 /// Whether a referrals page (newest update first) reached back before `since`: the
 /// pages after it hold only older updates.
 pub fn referrals_done(items: &[Value], since: OffsetDateTime) -> bool {
-    items
-        .last()
-        .and_then(|i| i.get("updatedDateTime"))
-        .and_then(Value::as_str)
-        .and_then(parse_time)
-        .is_some_and(|t| t < since)
+    items.last().and_then(|i| time_of(i, "updatedDateTime")).is_some_and(|t| t < since)
 }
 
 fn parse_time(text: &str) -> Option<OffsetDateTime> {
