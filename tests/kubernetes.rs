@@ -599,8 +599,9 @@ async fn reconcile_cronjob_runs_as_the_kubelet_runs_it() {
     let _ = std::fs::remove_file(&log);
 }
 
-/// The RabbitMQ autoscaler counts the raw queues only: dead letters that nobody
-/// consumes, and enriched queues that downstream consumes, must not scale the worker.
+/// The RabbitMQ autoscaler counts the raw queues' shards only: dead letters that nobody
+/// consumes, and enriched queues that downstream consumes, must not scale the worker. It
+/// never adds replicas beyond the shard count, which would only stand by.
 #[test]
 fn keda_rabbitmq_trigger_counts_raw_queues_only() {
     let path = repo().join("deploy/kubernetes/components/keda-rabbitmq/scaledobject.yaml");
@@ -619,11 +620,20 @@ fn keda_rabbitmq_trigger_counts_raw_queues_only() {
         .and_then(|b| b.get("prefix"))
         .and_then(|p| p.as_str())
         .map_or(pcbridge::config::Config::default().broker.prefix, str::to_string);
+    let shards = config
+        .get("rabbitmq")
+        .and_then(|r| r.get("shards"))
+        .and_then(|s| s.as_integer())
+        .map_or(pcbridge::config::Config::default().rabbitmq.shards, |s| s as u16);
     let d = Destinations::new(prefix);
     for stem in all_stems() {
         let stem = d.stem(stem);
-        assert!(re.is_match(&d.raw(stem)), "{pattern} misses the raw queue {}", d.raw(stem));
+        for shard in pcbridge::contract::shards::shard_names(&d.raw(stem), shards) {
+            assert!(re.is_match(&shard), "{pattern} misses the shard queue {shard}");
+        }
         assert!(!re.is_match(&d.enriched(stem)), "{pattern} counts the enriched queue {}", d.enriched(stem));
     }
     assert!(!re.is_match(&d.dead_letter()), "{pattern} counts the dead letters");
+    let max = scaled["spec"]["maxReplicaCount"].as_u64().expect("maxReplicaCount");
+    assert!(max <= u64::from(shards), "maxReplicaCount {max} is above rabbitmq.shards {shards}: the rest would stand by");
 }

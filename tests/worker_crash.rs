@@ -4,55 +4,18 @@
 mod common;
 
 use common::{
-    app::{broker_env, pcbridge_command, spawn_ingress, worker_config, worker_events_total},
+    app::{WorkerProcess, spawn_ingress, worker_config},
     bus::{Bus, on_every_broker, output_queues},
     net,
     pc::Pc,
     pc_api::PcApi,
 };
-use pcbridge::config::{BrokerKind, Config};
+use pcbridge::config::BrokerKind;
 use serde_json::json;
 use std::{
     collections::HashMap,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
-
-/// A child process killed when dropped, so a failing test leaves no worker behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_worker_process(config: &Config, api: &PcApi, admin_port: u16) -> Proc {
-    let mut cmd = pcbridge_command();
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(["--config", "config.toml", "worker"]);
-    if config.broker.kind == BrokerKind::Kafka {
-        cmd.env("PCBRIDGE_KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000");
-    }
-    cmd.envs(broker_env(config))
-        .envs(api.env())
-        .env("PCBRIDGE_WORKER__GROUP_ID", &config.worker.group_id)
-        .env("PCBRIDGE_WORKER__CONCURRENCY", "4")
-        .env("PCBRIDGE_WORKER__RETRY_MIN_DELAY_MS", "20")
-        .env("PCBRIDGE_WORKER__RETRY_MAX_DELAY_MS", "200")
-        .env("PCBRIDGE_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
-        .env("PCBRIDGE_LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    Proc(cmd.spawn().expect("spawn pcbridge worker"))
-}
-
-/// Events this worker process has finished, from its own /metrics.
-async fn finished(admin_port: u16) -> usize {
-    let url = format!("http://127.0.0.1:{admin_port}/metrics");
-    let Ok(r) = reqwest::get(&url).await else { return 0 };
-    worker_events_total(&r.text().await.unwrap_or_default()) as usize
-}
 
 async fn worker_killed_mid_batch_loses_nothing(kind: BrokerKind) {
     let pc = Pc::new().await;
@@ -85,24 +48,23 @@ async fn worker_killed_mid_batch_loses_nothing(kind: BrokerKind) {
     eprintln!("kill points seed: {seed}");
     for round in 1..=3 {
         let threshold = rng.usize(n / 10..=n / 4);
-        let mut child = spawn_worker_process(&config, &api, port);
+        let mut child = WorkerProcess::spawn(&config, &api, port);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let done = finished(port).await;
+            let done = child.finished().await;
             if done >= threshold {
                 done_before_kills += done;
                 break;
             }
             assert!(Instant::now() < deadline, "round {round}: only {done} events finished");
-            assert!(child.0.try_wait().expect("wait").is_none(), "worker exited on its own");
+            assert!(child.is_running(), "worker exited on its own");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        child.0.kill().expect("SIGKILL");
-        child.0.wait().expect("reap");
+        child.kill();
         eprintln!("round {round}: SIGKILL after this process finished ≥ {threshold} events");
     }
     assert!(done_before_kills < n, "the kills happened mid-batch ({done_before_kills} of {n} finished)");
-    let child = spawn_worker_process(&config, &api, port);
+    let child = WorkerProcess::spawn(&config, &api, port);
     let queues = output_queues(&config);
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -121,8 +83,7 @@ async fn worker_killed_mid_batch_loses_nothing(kind: BrokerKind) {
     }
     let total: usize = seen.values().sum();
     let mut child = child;
-    assert!(Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().expect("kill").success());
-    let exit = child.0.wait().expect("wait");
+    let exit = child.terminate();
     let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
     assert!(missing.is_empty(), "{} events were lost: {missing:?}", missing.len());
     eprintln!(

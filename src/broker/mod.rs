@@ -130,7 +130,11 @@ pub(crate) enum AckInner {
         partition: i32,
         offset: i64,
     },
-    Rabbit(lapin::Acker),
+    Rabbit {
+        acker: lapin::Acker,
+        /// Holds the shard this came from until acknowledged (`rabbitmq::sharing`).
+        lease: Option<rabbitmq::InFlight>,
+    },
     /// The receiving link's settle queue and the delivery's number on it.
     Amqp {
         link: tokio::sync::mpsc::UnboundedSender<u64>,

@@ -217,6 +217,14 @@ pub struct RabbitMqConfig {
     pub queue_type: QueueType,
     /// Longest wait between reconnection attempts after the broker went away.
     pub reconnect_max_delay_ms: u64,
+    /// Queues each raw destination is split into, by a hash of the ordering key
+    /// (`docs/message-contract.md`). Each shard is consumed by one worker replica at a
+    /// time, so this is the most replicas that can share the work: replicas beyond it
+    /// stand by. Changing it moves keys between shards: drain the raw queues first.
+    pub shards: u16,
+    /// How often a worker replica looks at who is present and takes or hands over
+    /// shards. A replica that dies is replaced within about one interval.
+    pub rebalance_interval_ms: u64,
 }
 
 impl Default for RabbitMqConfig {
@@ -229,6 +237,8 @@ impl Default for RabbitMqConfig {
             exchange: "partnercenter".into(),
             queue_type: QueueType::Classic,
             reconnect_max_delay_ms: 5_000,
+            shards: 12,
+            rebalance_interval_ms: 1_000,
         }
     }
 }
@@ -292,6 +302,12 @@ impl RabbitMqConfig {
         }
         if self.exchange.is_empty() {
             return invalid("rabbitmq.exchange", "is empty");
+        }
+        if !(1..=256).contains(&self.shards) {
+            return invalid("rabbitmq.shards", "must be between 1 and 256");
+        }
+        if self.rebalance_interval_ms < 50 {
+            return invalid("rabbitmq.rebalance_interval_ms", "must be at least 50");
         }
         Ok(())
     }

@@ -138,6 +138,13 @@ impl Destinations {
         format!("{}dead-letter", self.prefix)
     }
 
+    /// Whether `name` is a raw destination under this prefix: neither enriched nor the
+    /// dead letter. On RabbitMQ these are split into shards (`contract::shards`).
+    pub fn is_raw(&self, name: &str) -> bool {
+        name.strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| !rest.is_empty() && !rest.ends_with(".enriched") && name != self.dead_letter())
+    }
+
     /// The raw destinations of every catalogue event and `unrecognized`, once each.
     pub fn all_raw(&self) -> Vec<String> {
         self.sources(&all_stems().collect::<Vec<_>>())

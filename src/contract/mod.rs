@@ -1,7 +1,8 @@
 //! pcbridge's own message contract, in one place: the header names every message
 //! carries ([`headers`]), its CloudEvents attributes ([`cloud_event`]), the change key
 //! that names one Partner Center change on every path ([`change_key`]), how
-//! destinations are named ([`destinations`]), the raw message of a change on either
+//! destinations are named ([`destinations`]) and split into shards on RabbitMQ
+//! ([`shards`]), the raw message of a change on either
 //! path ([`raw`]), and the enriched envelope with its enrichment statuses and
 //! dead-letter kinds ([`envelope`]).
 //!
@@ -16,3 +17,4 @@ pub mod destinations;
 pub mod envelope;
 pub mod headers;
 pub mod raw;
+pub mod shards;

@@ -80,6 +80,8 @@ pub fn broker_env(c: &Config) -> Vec<(&'static str, String)> {
         ("PCBRIDGE_KAFKA__CREATE_TOPICS", "false".into()),
         ("PCBRIDGE_RABBITMQ__URL", c.rabbitmq.url.clone()),
         ("PCBRIDGE_RABBITMQ__EXCHANGE", c.rabbitmq.exchange.clone()),
+        ("PCBRIDGE_RABBITMQ__SHARDS", c.rabbitmq.shards.to_string()),
+        ("PCBRIDGE_RABBITMQ__REBALANCE_INTERVAL_MS", c.rabbitmq.rebalance_interval_ms.to_string()),
         ("PCBRIDGE_AMQP__URL", c.amqp.url.clone()),
         ("PCBRIDGE_AMQP__ADDRESS", c.amqp.address.clone()),
         ("PCBRIDGE_AMQP__RECONNECT_MAX_DELAY_MS", c.amqp.reconnect_max_delay_ms.to_string()),
@@ -251,4 +253,66 @@ pub fn worker_events_total(metrics: &str) -> u64 {
         .filter(|l| l.starts_with("pcbridge_worker_events_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// A `pcbridge worker` process, killed when dropped so a failing test leaves none behind.
+pub struct WorkerProcess {
+    pub child: std::process::Child,
+    /// Its admin port (`/metrics`).
+    pub admin_port: u16,
+}
+
+impl WorkerProcess {
+    /// Starts `pcbridge worker` with the test's broker, the stand-in APIs, concurrency 4
+    /// and short retry delays, its admin on `admin_port`.
+    pub fn spawn(config: &Config, api: &pc_api::PcApi, admin_port: u16) -> Self {
+        let mut cmd = pcbridge_command();
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(["--config", "config.toml", "worker"]);
+        if config.broker.kind == BrokerKind::Kafka {
+            cmd.env("PCBRIDGE_KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000");
+        }
+        cmd.envs(broker_env(config))
+            .envs(api.env())
+            .env("PCBRIDGE_WORKER__GROUP_ID", &config.worker.group_id)
+            .env("PCBRIDGE_WORKER__CONCURRENCY", "4")
+            .env("PCBRIDGE_WORKER__RETRY_MIN_DELAY_MS", "20")
+            .env("PCBRIDGE_WORKER__RETRY_MAX_DELAY_MS", "200")
+            .env("PCBRIDGE_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+            .env("PCBRIDGE_LOG__LEVEL", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        Self { child: cmd.spawn().expect("spawn pcbridge worker"), admin_port }
+    }
+
+    /// Events this process has finished, from its own /metrics (0 when it does not answer).
+    pub async fn finished(&self) -> usize {
+        let url = format!("http://127.0.0.1:{}/metrics", self.admin_port);
+        let Ok(r) = reqwest::get(&url).await else { return 0 };
+        worker_events_total(&r.text().await.unwrap_or_default()) as usize
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, and the exit status once it drained.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

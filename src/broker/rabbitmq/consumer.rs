@@ -1,23 +1,16 @@
-//! RabbitMQ consumption: one channel with a prefetch limit, a consumer per source queue,
-//! manual acknowledgements, and reconnection with backoff. Deliveries not acknowledged
-//! when a channel closes are requeued by RabbitMQ and delivered again.
-//!
-//! [`RabbitBacklog`] drains a queue once for `pcbridge replay`: what it removes is
-//! acknowledged, what it leaves is requeued when its channel closes.
+//! RabbitMQ consumption: one connection, a channel per queue with a prefetch limit,
+//! manual acknowledgements, and reconnection with backoff. The raw destinations' shards
+//! are shared among the worker replicas ([`super::sharing`]); deliveries not
+//! acknowledged when a channel closes are requeued by RabbitMQ and delivered again.
 
-use super::topology::{amqp_uri, declare_exchange, declare_queue};
+use super::sharing::{Ended, InFlight, Sharing};
+use super::topology::{Topology, amqp_uri};
 use crate::broker::reconnect_delays;
 use crate::broker::{AckInner, AckToken, Consumer, Delivery, SetupError};
-use crate::config::{Config, QueueType, redact_url};
+use crate::config::{Config, redact_url};
 use crate::contract::cloud_event::{self, CloudEvent};
 use bytes::Bytes;
-use futures::StreamExt;
-use lapin::{
-    Connection, ConnectionProperties,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable},
-    uri::AMQPUri,
-};
+use lapin::{Connection, ConnectionProperties, options::BasicAckOptions, types::AMQPValue, uri::AMQPUri};
 use std::{
     sync::{
         Arc,
@@ -30,10 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 struct Settings {
     uri: AMQPUri,
-    exchange: String,
-    queue_type: QueueType,
-    queues: Vec<String>,
-    prefetch: u16,
+    sharing: Sharing,
     client_name: String,
     reconnect_max_delay: Duration,
 }
@@ -48,15 +38,16 @@ pub(crate) struct RabbitConsumer {
 }
 
 impl RabbitConsumer {
-    /// Connects (a first failure is reported, so a wrong URL shows at start-up), declares
-    /// the source queues, and consumes them until closed, reconnecting as needed.
-    pub async fn start(config: &Config, queues: Vec<String>, client_name: &str) -> Result<Arc<Self>, SetupError> {
+    /// Connects and declares the exchange and every queue of `sources` (a first failure
+    /// is reported, so a wrong URL shows at start-up), then consumes until closed,
+    /// reconnecting as needed.
+    pub async fn start(config: &Config, sources: Vec<String>, client_name: &str) -> Result<Arc<Self>, SetupError> {
+        let topology = Topology::new(config);
+        let member_stem = format!("{}{}.member", config.broker.prefix, config.worker.group_id);
+        let interval = Duration::from_millis(config.rabbitmq.rebalance_interval_ms.max(50));
         let settings = Settings {
             uri: amqp_uri(&config.rabbitmq, config)?,
-            exchange: config.rabbitmq.exchange.clone(),
-            queue_type: config.rabbitmq.queue_type,
-            queues,
-            prefetch: config.worker.prefetch,
+            sharing: Sharing::new(topology, &sources, config.worker.prefetch, member_stem, interval),
             client_name: client_name.to_string(),
             reconnect_max_delay: Duration::from_millis(config.rabbitmq.reconnect_max_delay_ms.max(100)),
         };
@@ -78,80 +69,59 @@ impl RabbitConsumer {
     }
 }
 
-type Streams = futures::stream::SelectAll<lapin::Consumer>;
-
-async fn open(s: &Settings) -> Result<(Connection, Streams), lapin::Error> {
+/// Connects, and declares the exchange and the queues.
+async fn open(s: &Settings) -> Result<Connection, lapin::Error> {
     let props = ConnectionProperties::default().with_connection_name(s.client_name.clone().into());
     let connection = Connection::connect_uri(s.uri.clone(), props).await?;
     let channel = connection.create_channel().await?;
-    channel.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
-    declare_exchange(&channel, &s.exchange).await?;
-    let mut streams = futures::stream::SelectAll::new();
-    for queue in &s.queues {
-        declare_queue(&channel, &s.exchange, s.queue_type, queue).await?;
-        let consumer = channel
-            .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await?;
-        streams.push(consumer);
+    s.sharing.topology.declare_exchange(&channel).await?;
+    for (queue, _) in &s.sharing.queues {
+        s.sharing.topology.declare_queue(&channel, queue).await?;
     }
-    Ok((connection, streams))
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(connection)
 }
 
-/// Forwards deliveries; on a broken connection, reconnects with jittered backoff.
+/// Consumes on the connection; when it breaks, reconnects with jittered backoff.
 async fn run(
     s: Settings,
-    first: (Connection, Streams),
+    first: Connection,
     tx: mpsc::Sender<Delivery>,
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
     let mut link = Some(first);
     loop {
-        let (connection, mut streams) = match link.take() {
-            Some(l) => l,
+        let connection = match link.take() {
+            Some(c) => c,
             None => match reconnect(&s, &stop).await {
-                Some(l) => l,
+                Some(c) => c,
                 None => return,
             },
         };
         ready.store(true, Ordering::Relaxed);
-        loop {
-            let next = tokio::select! {
-                () = stop.cancelled() => {
-                    let _ = connection.close(200, "shutting down".into()).await;
-                    return;
-                }
-                next = streams.next() => next,
-            };
-            match next {
-                Some(Ok(d)) => {
-                    if tx.send(to_delivery(d)).await.is_err() {
-                        let _ = connection.close(200, "shutting down".into()).await;
-                        return;
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "rabbitmq consumer failed; reconnecting");
-                    break;
-                }
-                None => {
-                    tracing::warn!("rabbitmq consumers ended; reconnecting");
-                    break;
-                }
+        let ended = s.sharing.run(&connection, &tx, &stop).await;
+        ready.store(false, Ordering::Relaxed);
+        match ended {
+            Ended::Stopped => {
+                let _ = connection.close(200, "shutting down".into()).await;
+                return;
+            }
+            Ended::Broken => {
+                tracing::warn!("rabbitmq consumer connection lost; reconnecting");
+                let _ = connection.close(320, "reconnecting".into()).await;
             }
         }
-        ready.store(false, Ordering::Relaxed);
-        let _ = connection.close(320, "reconnecting".into()).await;
     }
 }
 
-async fn reconnect(s: &Settings, stop: &CancellationToken) -> Option<(Connection, Streams)> {
+async fn reconnect(s: &Settings, stop: &CancellationToken) -> Option<Connection> {
     let mut delays = reconnect_delays(s.reconnect_max_delay);
     loop {
         match open(s).await {
-            Ok(l) => {
+            Ok(c) => {
                 tracing::info!("rabbitmq consumer reconnected");
-                return Some(l);
+                return Some(c);
             }
             Err(e) => tracing::warn!(error = %e, "rabbitmq consumer reconnect failed"),
         }
@@ -162,7 +132,9 @@ async fn reconnect(s: &Settings, stop: &CancellationToken) -> Option<(Connection
     }
 }
 
-fn to_delivery(d: lapin::message::Delivery) -> Delivery {
+/// A lapin delivery as a [`Delivery`] of its destination (a shard's raw destination).
+/// `lease` is released when the delivery is acknowledged or dropped.
+pub(super) fn to_delivery(d: lapin::message::Delivery, topology: &Topology, lease: Option<InFlight>) -> Delivery {
     let p = &d.properties;
     let mut headers = Vec::new();
     if let Some(table) = p.headers() {
@@ -179,12 +151,12 @@ fn to_delivery(d: lapin::message::Delivery) -> Delivery {
     let id = p.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
     let key = cloud_event.as_ref().and_then(|ce| ce.subject.clone()).unwrap_or(id);
     Delivery {
-        destination: d.routing_key.to_string(),
+        destination: topology.destination_of(d.routing_key.as_str()).to_string(),
         key,
         headers,
         cloud_event,
         body: Bytes::from(d.data),
-        ack: AckToken(AckInner::Rabbit(d.acker)),
+        ack: AckToken(AckInner::Rabbit { acker: d.acker, lease }),
     }
 }
 
@@ -195,12 +167,15 @@ impl Consumer for RabbitConsumer {
     }
 
     async fn ack(&self, token: AckToken) {
-        let AckToken(AckInner::Rabbit(acker)) = token else { return };
+        // The lease is held until the ack is written, so a shard is not handed over
+        // while the ack of its last delivery is still on its way.
+        let AckToken(AckInner::Rabbit { acker, lease }) = token else { return };
         if let Err(e) = acker.ack(BasicAckOptions::default()).await {
             // The channel is gone: RabbitMQ requeues the delivery; its output is already
             // published, so the redelivery is a duplicate (deduplicated by event id).
             tracing::warn!(error = %e, "ack failed; the delivery will be redelivered");
         }
+        drop(lease);
     }
 
     fn is_ready(&self) -> bool {
@@ -210,95 +185,5 @@ impl Consumer for RabbitConsumer {
     async fn close(&self) {
         self.stop.cancel();
         self.deliveries.lock().await.close();
-    }
-}
-
-/// The messages a queue held when the read began. Removing acknowledges; the rest stay
-/// unacknowledged until [`Backlog::finish`](crate::broker::Backlog::finish) closes the channel,
-/// which puts them back in the queue in their order (none is redelivered to this read).
-pub(crate) struct RabbitBacklog {
-    connection: Connection,
-    consumer: lapin::Consumer,
-    size: u64,
-    read: u64,
-}
-
-/// Longest wait for the next message before a backlog read gives up.
-const BACKLOG_IDLE: Duration = Duration::from_secs(10);
-
-impl RabbitBacklog {
-    pub async fn open(config: &Config, queue: &str) -> Result<Self, SetupError> {
-        let uri = amqp_uri(&config.rabbitmq, config)?;
-        let fail = |e: lapin::Error| SetupError::Refused(format!("rabbitmq {}: {e}", redact_url(&config.rabbitmq.url)));
-        let props = ConnectionProperties::default().with_connection_name("pcbridge-replay".into());
-        let connection = Connection::connect_uri(uri, props).await.map_err(fail)?;
-        let channel = connection.create_channel().await.map_err(fail)?;
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions { passive: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| SetupError::Refused(format!("rabbitmq: queue {queue} cannot be read: {e}")))?;
-        let size = u64::from(declared.message_count());
-        // No prefetch limit: the messages left in place stay unacknowledged until the end,
-        // and a limit would stall the read behind them.
-        channel.basic_qos(0, BasicQosOptions::default()).await.map_err(fail)?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                "pcbridge-replay".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(fail)?;
-        Ok(Self { connection, consumer, size, read: 0 })
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::broker::Backlog for RabbitBacklog {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn removes(&self) -> bool {
-        true
-    }
-
-    async fn next(&mut self) -> Option<Delivery> {
-        if self.read >= self.size {
-            return None;
-        }
-        match tokio::time::timeout(BACKLOG_IDLE, self.consumer.next()).await {
-            Ok(Some(Ok(d))) => {
-                self.read += 1;
-                Some(to_delivery(d))
-            }
-            Ok(Some(Err(e))) => {
-                tracing::warn!(error = %e, "rabbitmq read failed; ending the read");
-                None
-            }
-            Ok(None) => None,
-            Err(_) => {
-                tracing::warn!("no message for {BACKLOG_IDLE:?}; ending the read early");
-                None
-            }
-        }
-    }
-
-    async fn remove(&mut self, token: AckToken) -> Result<(), SetupError> {
-        let AckToken(AckInner::Rabbit(acker)) = token else { return Ok(()) };
-        acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map(|_| ())
-            .map_err(|e| SetupError::Unreachable(format!("rabbitmq ack: {e}")))
-    }
-
-    async fn finish(self: Box<Self>) {
-        let _ = self.connection.close(200, "replay done".into()).await;
     }
 }

@@ -1,12 +1,18 @@
-//! RabbitMQ through lapin: a durable topic exchange and a durable queue per destination
-//! ([`topology`]), persistent messages published with publisher confirms and `mandatory`
-//! ([`publisher`]), and competing consumers with manual acknowledgements
-//! ([`consumer`]). Only what `broker::connect`, `consume`, `backlog` and `probe` need is
-//! visible outside.
+//! RabbitMQ through lapin: a durable topic exchange, a durable queue per destination and
+//! each raw destination split into shards by ordering key ([`topology`]), persistent
+//! messages published with publisher confirms and `mandatory` ([`publisher`]), the
+//! shards shared among worker replicas, one replica per shard at a time ([`sharing`]),
+//! consumed with manual acknowledgements ([`consumer`]), and a queue's backlog read once
+//! for `replay` ([`backlog`]). Only what `broker::connect`, `consume`, `backlog` and
+//! `probe` need is visible outside.
 
+mod backlog;
 mod consumer;
 mod publisher;
+mod sharing;
 mod topology;
 
-pub(crate) use consumer::{RabbitBacklog, RabbitConsumer};
+pub(crate) use backlog::RabbitBacklog;
+pub(crate) use consumer::RabbitConsumer;
 pub(crate) use publisher::{RabbitMq, missing_queues, probe};
+pub(crate) use sharing::InFlight;

@@ -6,10 +6,10 @@
 //! it is written to disk (or, for quorum queues, to a majority of replicas). An
 //! unroutable message is returned before its confirm and is treated as a failure.
 
-use super::topology::{amqp_uri, declare_exchange, declare_queue};
+use super::topology::{Topology, amqp_uri};
 use crate::broker::reconnect_delays;
 use crate::broker::{Message, PublishError, Publisher, SetupError};
-use crate::config::{Config, QueueType, redact_url};
+use crate::config::{Config, redact_url};
 use crate::contract::cloud_event::AMQP;
 use crate::telemetry::Metrics;
 use lapin::{
@@ -39,14 +39,14 @@ struct Link {
 /// The RabbitMQ side of [`Publisher`].
 pub(crate) struct RabbitMq {
     uri: AMQPUri,
-    exchange: String,
-    queue_type: QueueType,
+    /// Which queue a message goes to: a raw destination's shard by the message's key.
+    topology: Topology,
     client_name: String,
     reconnect_max_delay: Duration,
     /// The current link; `None` while disconnected (publishes then fail fast with
     /// [`PublishError::Unavailable`], so the ingress answers 503 at once).
     link: RwLock<Option<Link>>,
-    /// Destinations whose queue and binding were declared on this broker. Queues are
+    /// Queues whose declaration and binding were made on this broker. Queues are
     /// durable, so they survive broker restarts; a returned (unroutable) message
     /// removes its destination so the next publish declares it again.
     declared: Mutex<HashSet<String>>,
@@ -72,8 +72,7 @@ impl RabbitMq {
         let uri = amqp_uri(&config.rabbitmq, config)?;
         let this = Arc::new(RabbitMq {
             uri,
-            exchange: config.rabbitmq.exchange.clone(),
-            queue_type: config.rabbitmq.queue_type,
+            topology: Topology::new(config),
             client_name: client_name.to_string(),
             reconnect_max_delay: Duration::from_millis(config.rabbitmq.reconnect_max_delay_ms.max(100)),
             link: RwLock::new(None),
@@ -97,7 +96,7 @@ impl RabbitMq {
         let connection = Connection::connect_uri(self.uri.clone(), props).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        declare_exchange(&channel, &self.exchange).await?;
+        self.topology.declare_exchange(&channel).await?;
         Ok(Link { connection, channel })
     }
 
@@ -126,17 +125,17 @@ impl RabbitMq {
     }
 
     async fn declare(&self, channel: &Channel, name: &str) -> Result<(), lapin::Error> {
-        declare_queue(channel, &self.exchange, self.queue_type, name).await?;
+        self.topology.declare_queue(channel, name).await?;
         self.declared.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string());
         Ok(())
     }
 
     /// One publish and its confirm. `Ok(false)` means the message was returned as
     /// unroutable (nothing stored).
-    async fn publish_once(&self, channel: &Channel, m: &Message) -> Result<bool, PublishError> {
+    async fn publish_once(&self, channel: &Channel, queue: &str, m: &Message) -> Result<bool, PublishError> {
         let mut publish = std::pin::pin!(channel.basic_publish(
-            self.exchange.as_str().into(),
-            m.destination.as_str().into(),
+            self.topology.exchange.as_str().into(),
+            queue.into(),
             BasicPublishOptions { mandatory: true, ..Default::default() },
             &m.body,
             properties(m),
@@ -193,15 +192,16 @@ pub(crate) async fn missing_queues(config: &Config, names: &[String]) -> Result<
     let url = redact_url(&config.rabbitmq.url);
     let unreachable = |e: lapin::Error| SetupError::Unreachable(format!("rabbitmq at {url}: {e}"));
     let connection = Connection::connect_uri(uri, ConnectionProperties::default()).await.map_err(unreachable)?;
+    let topology = Topology::new(config);
     let mut missing = Vec::new();
-    for name in names {
+    for name in names.iter().flat_map(|d| topology.queues(d)) {
         let channel = connection.create_channel().await.map_err(unreachable)?;
         let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
         match channel.queue_declare(name.as_str().into(), passive, FieldTable::default()).await {
             Ok(_) => {
                 let _ = channel.close(200, "check".into()).await;
             }
-            Err(_) => missing.push(name.clone()),
+            Err(_) => missing.push(name),
         }
     }
     let _ = connection.close(200, "check".into()).await;
@@ -317,8 +317,8 @@ impl Publisher for RabbitMq {
 
     async fn ensure_destinations(&self, names: &[String]) -> Result<(), SetupError> {
         let channel = self.channel().await.map_err(|e| SetupError::Unreachable(e.to_string()))?;
-        for name in names {
-            self.declare(&channel, name).await.map_err(|e| {
+        for name in names.iter().flat_map(|d| self.topology.queues(d)) {
+            self.declare(&channel, &name).await.map_err(|e| {
                 SetupError::Refused(format!(
                     "rabbitmq: cannot declare queue {name}: {e} (an existing queue with other arguments? check rabbitmq.queue_type)"
                 ))
@@ -331,21 +331,26 @@ impl Publisher for RabbitMq {
         let started = Instant::now();
         let result = async {
             let channel = self.channel().await?;
-            if !self.is_declared(&m.destination) {
-                self.declare(&channel, &m.destination).await.map_err(|e| self.link_error(e))?;
+            let queue = self.topology.route(&m.destination, &m.key);
+            if !self.is_declared(&queue) {
+                // Every shard of a raw destination at once: `check` and a worker starting
+                // later find the destination whole.
+                for q in self.topology.queues(&m.destination) {
+                    self.declare(&channel, &q).await.map_err(|e| self.link_error(e))?;
+                }
             }
-            if self.publish_once(&channel, m).await? {
+            if self.publish_once(&channel, &queue, m).await? {
                 return Ok(());
             }
             // Returned as unroutable: someone removed the queue or binding. Declare it
             // again and retry once; a returned message was not stored, so no duplicate.
-            tracing::warn!(destination = %m.destination, "message returned unroutable; re-declaring its queue");
-            self.declared.lock().unwrap_or_else(|p| p.into_inner()).remove(&m.destination);
-            self.declare(&channel, &m.destination).await.map_err(|e| self.link_error(e))?;
-            if self.publish_once(&channel, m).await? {
+            tracing::warn!(destination = %m.destination, queue, "message returned unroutable; re-declaring its queue");
+            self.declared.lock().unwrap_or_else(|p| p.into_inner()).remove(&queue);
+            self.declare(&channel, &queue).await.map_err(|e| self.link_error(e))?;
+            if self.publish_once(&channel, &queue, m).await? {
                 Ok(())
             } else {
-                Err(PublishError::Rejected(format!("unroutable: no queue bound to {}", m.destination)))
+                Err(PublishError::Rejected(format!("unroutable: no queue bound to {queue}")))
             }
         }
         .await;

@@ -1,9 +1,11 @@
 //! RabbitMQ topology and connection settings shared by the publisher and the consumer:
-//! the durable topic exchange, a durable queue per destination bound by its own name, the
+//! the durable topic exchange, a durable queue per destination bound by its own name,
+//! each raw destination split into shard queues ([`crate::contract::shards`]), and the
 //! AMQP URI with its credentials.
 
 use crate::broker::SetupError;
 use crate::config::{Config, QueueType, RabbitMqConfig, redact_url};
+use crate::contract::{destinations::Destinations, shards};
 use lapin::{
     Channel, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
@@ -11,33 +13,85 @@ use lapin::{
     uri::AMQPUri,
 };
 
-/// Declares the durable queue `name`, bound to `exchange` with routing key `name`.
-pub(crate) async fn declare_queue(
-    channel: &Channel,
-    exchange: &str,
+/// What queues a destination is, and how they are declared.
+#[derive(Clone, Debug)]
+pub(crate) struct Topology {
+    pub exchange: String,
     queue_type: QueueType,
-    name: &str,
-) -> Result<(), lapin::Error> {
-    let mut args = FieldTable::default();
-    if queue_type == QueueType::Quorum {
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    }
-    channel.queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
-    channel
-        .queue_bind(name.into(), exchange.into(), name.into(), QueueBindOptions::default(), FieldTable::default())
-        .await
+    /// Shards per raw destination (`rabbitmq.shards`).
+    pub shards: u16,
+    /// Tells raw destinations (sharded) from enriched ones and the dead letter (one
+    /// queue each: downstream consumers and `replay` read them by name).
+    destinations: Destinations,
 }
 
-/// Declares the durable topic exchange.
-pub(crate) async fn declare_exchange(channel: &Channel, exchange: &str) -> Result<(), lapin::Error> {
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions { durable: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
+impl Topology {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            exchange: config.rabbitmq.exchange.clone(),
+            queue_type: config.rabbitmq.queue_type,
+            shards: config.rabbitmq.shards.max(1),
+            destinations: config.broker.destinations(),
+        }
+    }
+
+    /// The queues of `destination`: its shards when it is a raw destination, else itself.
+    pub fn queues(&self, destination: &str) -> Vec<String> {
+        if self.destinations.is_raw(destination) {
+            shards::shard_names(destination, self.shards)
+        } else {
+            vec![destination.to_string()]
+        }
+    }
+
+    /// The queue, and routing key, of a message for `destination` with ordering `key`.
+    pub fn route(&self, destination: &str, key: &str) -> String {
+        if self.destinations.is_raw(destination) {
+            shards::shard_name(destination, shards::shard_of(key, self.shards))
+        } else {
+            destination.to_string()
+        }
+    }
+
+    /// The destination a queue belongs to (a shard's destination, else the queue).
+    pub fn destination_of<'a>(&self, queue: &'a str) -> &'a str {
+        match shards::parse_shard(queue) {
+            Some((destination, _)) if self.destinations.is_raw(destination) => destination,
+            _ => queue,
+        }
+    }
+
+    /// Declares the durable queue `name`, bound to the exchange with routing key `name`.
+    /// A shard is not declared `x-single-active-consumer`: RabbitMQ refuses the exclusive
+    /// consumer with which a worker takes a shard on such a queue (`super::sharing`).
+    pub async fn declare_queue(&self, channel: &Channel, name: &str) -> Result<(), lapin::Error> {
+        let mut args = FieldTable::default();
+        if self.queue_type == QueueType::Quorum {
+            args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        }
+        channel.queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
+        channel
+            .queue_bind(
+                name.into(),
+                self.exchange.as_str().into(),
+                name.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// Declares the durable topic exchange.
+    pub async fn declare_exchange(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+    }
 }
 
 /// The AMQP URI of `rabbitmq.url`, with the configured credentials.

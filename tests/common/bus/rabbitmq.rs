@@ -8,6 +8,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use pcbridge::config::Config;
+use pcbridge::contract::shards::shard_names;
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
@@ -24,13 +25,65 @@ pub async fn connect() -> Connection {
         })
 }
 
-/// How many messages `queue` holds, or `None` if it does not exist.
-pub async fn message_count(conn: &Connection, queue: &str) -> Option<u32> {
-    let channel = conn.create_channel().await.expect("channel");
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    let declared = channel.queue_declare(queue.into(), passive, FieldTable::default()).await;
-    let _ = channel.close(200, "ok".into()).await;
-    declared.ok().map(|q| q.message_count())
+/// A channel for passive declares, replaced when a declare that found nothing closed it.
+struct Probe<'c> {
+    conn: &'c Connection,
+    channel: Option<lapin::Channel>,
+}
+
+impl Probe<'_> {
+    /// How many messages `queue` holds, or `None` if it does not exist.
+    async fn count(&mut self, queue: &str) -> Option<u32> {
+        let channel = match &self.channel {
+            Some(c) if c.status().connected() => c.clone(),
+            _ => {
+                let c = self.conn.create_channel().await.expect("channel");
+                self.channel = Some(c.clone());
+                c
+            }
+        };
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        channel.queue_declare(queue.into(), passive, FieldTable::default()).await.ok().map(|q| q.message_count())
+    }
+}
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.channel.take().filter(|c| c.status().connected()) {
+            tokio::spawn(async move { c.close(200, "ok".into()).await });
+        }
+    }
+}
+
+/// The queues of destination `name` that exist, with their message counts: its shards
+/// (`{name}.0` … with `rabbitmq.shards` at its default, a raw destination published by
+/// `broker.kind = rabbitmq`), else itself; empty when it has no queue. The shards are
+/// looked for first so that the usual case costs no refused declare (each closes a
+/// channel, and lapin runs out of channel numbers when thousands are closed quickly).
+async fn existing(conn: &Connection, name: &str) -> Vec<(String, u32)> {
+    let mut probe = Probe { conn, channel: None };
+    let output = name.ends_with(".enriched") || name.ends_with("dead-letter");
+    if !output && let Some(n) = probe.count(&format!("{name}.0")).await {
+        let mut found = vec![(format!("{name}.0"), n)];
+        for q in shard_names(name, Config::default().rabbitmq.shards).into_iter().skip(1) {
+            let n = probe.count(&q).await.unwrap_or(0);
+            found.push((q, n));
+        }
+        return found;
+    }
+    probe.count(name).await.map(|n| vec![(name.to_string(), n)]).unwrap_or_default()
+}
+
+/// The queues of destination `name`: its shards, or itself.
+pub async fn queues_of(conn: &Connection, name: &str) -> Vec<String> {
+    let found: Vec<String> = existing(conn, name).await.into_iter().map(|(q, _)| q).collect();
+    if found.is_empty() { vec![name.to_string()] } else { found }
+}
+
+/// How many messages destination `name` holds (every shard), or `None` if it has no queue.
+pub async fn message_count(conn: &Connection, name: &str) -> Option<u32> {
+    let found = existing(conn, name).await;
+    (!found.is_empty()).then(|| found.iter().map(|(_, n)| n).sum())
 }
 
 /// Messages waiting in the named queues (a missing queue counts as empty).
@@ -42,13 +95,19 @@ pub async fn count(conn: &Connection, queues: &[String]) -> u32 {
     total
 }
 
-/// Takes up to `want` messages from `queue`, waiting at most `wait`.
-pub async fn read(conn: &Connection, queue: &str, want: usize, wait: Duration) -> Vec<Received> {
+/// Takes up to `want` messages from destination `name` (each of its shards in turn),
+/// waiting at most `wait`. A message read from a shard names its destination.
+pub async fn read(conn: &Connection, name: &str, want: usize, wait: Duration) -> Vec<Received> {
     let channel = conn.create_channel().await.expect("channel");
     let deadline = Instant::now() + wait;
+    let queues = queues_of(conn, name).await;
     let mut out = Vec::new();
+    let mut empty_in_a_row = 0;
+    let mut turn = 0;
     while out.len() < want {
-        match channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await {
+        let queue = &queues[turn % queues.len()];
+        turn += 1;
+        match channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await {
             Ok(Some(m)) => {
                 let p = &m.delivery.properties;
                 let mut properties = BTreeMap::new();
@@ -62,17 +121,27 @@ pub async fn read(conn: &Connection, queue: &str, want: usize, wait: Duration) -
                     properties.insert("delivery_mode".into(), dm.to_string());
                 }
                 properties.insert("routing_key".into(), m.delivery.routing_key.to_string());
+                empty_in_a_row = 0;
                 out.push(Received {
-                    destination: m.delivery.routing_key.to_string(),
+                    destination: name.to_string(),
                     key: None,
                     body: m.delivery.data.clone(),
                     headers: headers(p.headers().as_ref()),
                     properties,
                 });
             }
-            Ok(None) if Instant::now() >= deadline => break,
-            // An empty queue: poll again until the deadline.
-            Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok(None) => {
+                empty_in_a_row += 1;
+                if empty_in_a_row < queues.len() {
+                    continue;
+                }
+                empty_in_a_row = 0;
+                if Instant::now() >= deadline {
+                    break;
+                }
+                // Every queue empty: poll again until the deadline.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             Err(e) => panic!("basic.get {queue}: {e}"),
         }
     }
@@ -126,7 +195,11 @@ pub async fn drain_settled(conn: &Connection, queues: &[String], expect: usize, 
 pub async fn cleanup(conn: &Connection, config: &Config, extra_queues: &[String]) {
     let channel = conn.create_channel().await.expect("channel");
     let d = config.broker.destinations();
-    for q in d.all_raw().iter().chain(extra_queues) {
+    let raw = d.all_raw();
+    let shards = raw.iter().flat_map(|q| pcbridge::contract::shards::shard_names(q, config.rabbitmq.shards));
+    let members =
+        (0..config.rabbitmq.shards).map(|i| format!("{}{}.member.{i}", config.broker.prefix, config.worker.group_id));
+    for q in raw.iter().chain(extra_queues).cloned().chain(shards).chain(members) {
         let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
     }
     let _ = channel.exchange_delete(config.rabbitmq.exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
