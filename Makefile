@@ -27,7 +27,7 @@ soak: setup
 
 ## Benchmarks (docs/BENCHMARKS.md): Criterion micro-benchmarks of the hot path, then the
 ## ingress and the worker under load next to reference servers, and start-up. One
-## scenario: make bench BENCH="worker" (ingress-kafka, ingress-rabbitmq, ingress-amqp, worker, startup).
+## scenario: make bench BENCH="worker" (ingress-kafka, ingress-rabbitmq, ingress-amqp, worker, scaling, startup).
 bench: setup
 	$(CARGO) bench --bench micro
 	$(CARGO) bench --bench load -- $(BENCH)

@@ -10,6 +10,8 @@
 //!   open loop) narrows the fixed rates, e.g. for a profiling run.
 //! - `worker`: N events preloaded, the simulated API answering in a fixed 20 ms.
 //! - `startup`: spawn to `/readyz` for both roles.
+//! - `scaling`: 1, 2 and 3 worker processes on each broker, API-latency-bound, keeping
+//!   per-resource order; efficiency against one, and a scale-out's join time (scaling.rs).
 //! - `rabbitmq-cost`: RabbitMQ's CPU per published message, by what the message carries
 //!   (exchange, `mandatory`, properties, headers): see rabbit_cost.rs.
 //! - `soak`: both roles at half load for `PCBRIDGE_BENCH_SOAK_SECS` (600), RSS sampled
@@ -22,6 +24,7 @@ mod generator;
 mod procstat;
 mod rabbit_cost;
 mod reference;
+mod scaling;
 mod scenarios;
 mod servers;
 mod setup;
@@ -45,7 +48,7 @@ fn main() {
         Some("serve-bare") => runtime.block_on(reference::bare()),
         Some("serve-minimal") => runtime.block_on(reference::minimal(&args[1..])),
         _ => {
-            let all = ["ingress-kafka", "ingress-rabbitmq", "ingress-amqp", "worker", "startup"];
+            let all = ["ingress-kafka", "ingress-rabbitmq", "ingress-amqp", "worker", "scaling", "startup"];
             let chosen: Vec<&str> =
                 if args.is_empty() { all.to_vec() } else { args.iter().map(String::as_str).collect() };
             for scenario in chosen {
@@ -58,6 +61,7 @@ fn main() {
                     "startup" => runtime.block_on(scenarios::startup()),
                     "soak" => runtime.block_on(soak::soak()),
                     "rabbitmq-cost" => runtime.block_on(rabbit_cost::run()),
+                    "scaling" => runtime.block_on(scaling::run()),
                     other => eprintln!("unknown scenario {other}; known: {all:?}, soak and rabbitmq-cost"),
                 }
             }

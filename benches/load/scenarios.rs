@@ -107,7 +107,14 @@ pub async fn rabbit_tidy(broker: &Broker, tidy: Tidy) {
     let d = Destinations::new(broker.prefix.clone());
     let config = broker.config();
     let stems = pcbridge::worker::stems(&config);
-    let raw = stems.iter().map(|s| d.raw(s)).filter(|_| tidy != Tidy::PurgeOutputs);
+    // RabbitMQ splits each raw destination into shards; AMQP 1.0 does not.
+    let shards = if exchange.is_empty() { 0 } else { config.rabbitmq.shards };
+    let raw = stems
+        .iter()
+        .flat_map(
+            |s| if shards == 0 { vec![d.raw(s)] } else { pcbridge::contract::shards::shard_names(&d.raw(s), shards) },
+        )
+        .filter(|_| tidy != Tidy::PurgeOutputs);
     let queues = raw.chain(stems.iter().map(|s| d.enriched(s))).chain([d.dead_letter()]);
     for q in queues {
         // A missing queue closes the channel: one channel per queue.

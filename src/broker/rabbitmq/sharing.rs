@@ -11,13 +11,16 @@
 //! - **Assignment.** Shard `i` of every raw destination belongs to the member at
 //!   position `i mod count`: a pure function of the membership, so replicas agree
 //!   without talking once they see the same slots.
-//! - **Leases.** A replica consumes a shard with an exclusive consumer (its lease): a
-//!   second consumer is refused, so even while two replicas disagree for an interval,
-//!   one shard never feeds two replicas. A replica hands a shard over by stopping its
-//!   reads, waiting until every delivery it handed to the worker is acknowledged, and
-//!   only then closing the shard's channel, which returns what it had prefetched to the
-//!   queue in order. The next owner's exclusive consume succeeds after that, so a
-//!   resource's events are never in two replicas at once.
+//! - **One consumer at a time.** A shard queue is single-active-consumer: while two
+//!   replicas disagree for an interval and both subscribe, RabbitMQ delivers to one
+//!   only, and makes the other active only once the first is gone. A replica hands a
+//!   shard over by stopping its reads, waiting until every delivery it handed to the
+//!   worker is acknowledged, and only then closing the shard's channel, which returns
+//!   what it had prefetched to the queue in order. So a resource's events are never in
+//!   two replicas at once; a replica that dies has its unacknowledged deliveries
+//!   returned, in order, to the next. (Not exclusive consumers: RabbitMQ 3.10 was seen
+//!   to stop accepting connections when a connection holding hundreds of exclusive
+//!   consumers on quorum queues dropped; single active consumers did not do that.)
 //!
 //! Queues that are not shards (an enriched destination read by `pcbridge dev`'s
 //! observer) are consumed plainly, by every replica at once.
@@ -250,8 +253,9 @@ impl Sharing {
         Ok((position, count))
     }
 
-    /// Starts consuming `queue` on a channel of its own; a shard with an exclusive
-    /// consumer, which RabbitMQ refuses while its previous owner still holds it.
+    /// Starts consuming `queue` on a channel of its own. A shard is taken only when no
+    /// one consumes it: its previous owner has closed its channel, so what it had is
+    /// acknowledged or back in the queue.
     async fn take(
         &self,
         connection: &Connection,
@@ -260,19 +264,19 @@ impl Sharing {
         shard: bool,
         tx: &mpsc::Sender<Delivery>,
     ) -> Option<Held> {
-        // Look before taking: a refused consume closes its channel, which lapin logs as
-        // an error, and a shard is refused at every interval while its owner drains it.
+        // A shard still held (its owner draining it) is left for the next interval;
+        // subscribing anyway would only queue this replica behind it.
         let passive = QueueDeclareOptions { passive: true, ..Default::default() };
         if shard && consumers(connection, probe, queue, passive, FieldTable::default()).await.ok()? > 0 {
             return None;
         }
         let channel = connection.create_channel().await.ok()?;
         channel.basic_qos(self.prefetch, BasicQosOptions::default()).await.ok()?;
-        let options = BasicConsumeOptions { exclusive: shard, ..Default::default() };
+        let options = BasicConsumeOptions::default();
         let consumer = match channel.basic_consume(queue.into(), "".into(), options, FieldTable::default()).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::debug!(queue, error = %e, "shard still held elsewhere; trying at the next interval");
+                tracing::warn!(queue, error = %e, "rabbitmq: cannot consume; trying at the next interval");
                 return None;
             }
         };

@@ -1,7 +1,7 @@
 //! RabbitMQ topology and connection settings shared by the publisher and the consumer:
 //! the durable topic exchange, a durable queue per destination bound by its own name,
-//! each raw destination split into shard queues ([`crate::contract::shards`]), and the
-//! AMQP URI with its credentials.
+//! each raw destination split into single-active-consumer shard queues
+//! ([`crate::contract::shards`]), and the AMQP URI with its credentials.
 
 use crate::broker::SetupError;
 use crate::config::{Config, QueueType, RabbitMqConfig, redact_url};
@@ -62,12 +62,16 @@ impl Topology {
     }
 
     /// Declares the durable queue `name`, bound to the exchange with routing key `name`.
-    /// A shard is not declared `x-single-active-consumer`: RabbitMQ refuses the exclusive
-    /// consumer with which a worker takes a shard on such a queue (`super::sharing`).
+    /// A shard is `x-single-active-consumer`: however many consumers subscribe, RabbitMQ
+    /// delivers to one, and hands the queue to the next only when that one is gone
+    /// (`super::sharing` closes it only once its deliveries are acknowledged).
     pub async fn declare_queue(&self, channel: &Channel, name: &str) -> Result<(), lapin::Error> {
         let mut args = FieldTable::default();
         if self.queue_type == QueueType::Quorum {
             args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        }
+        if self.destination_of(name) != name {
+            args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         }
         channel.queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
         channel
