@@ -244,8 +244,9 @@ impl Rig {
     }
 }
 
-/// A durable queue bound to `{prefix}*` on the test's topic exchange (raw destinations and
-/// dead letters), read as a downstream audit would, since the worker consumes the raw
+/// A durable queue bound on the test's topic exchange to `{prefix}*` (dead letters, and
+/// raw destinations on AMQP 1.0) and to `{prefix}*.{shard}` (the raw destinations' shards
+/// on RabbitMQ), read as a downstream audit would, since the worker consumes the raw
 /// queues; `queues` are declared too, each bound by its own name.
 async fn audit_queue(conn: &Connection, config: &Config, queues: &[String]) -> String {
     let name = format!("{}audit", config.broker.prefix);
@@ -270,6 +271,9 @@ async fn audit_queue(conn: &Connection, config: &Config, queues: &[String]) -> S
         }
     };
     bind(name.clone(), format!("{}*", config.broker.prefix)).await;
+    for shard in 0..config.rabbitmq.shards {
+        bind(name.clone(), format!("{}*.{shard}", config.broker.prefix)).await;
+    }
     for q in queues {
         bind(q.clone(), q.clone()).await;
     }
