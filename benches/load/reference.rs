@@ -163,6 +163,26 @@ pub async fn minimal(args: &[String]) {
             let conn = Connection::connect(arg(3), ConnectionProperties::default()).await.expect("rabbitmq");
             let channel = conn.create_channel().await.expect("channel");
             channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm mode");
+            // A durable queue per event, bound by its name: pcbridge's raw destinations
+            // are shard queues now, which the minimal does not compute.
+            let exchange = arg(4);
+            for stem in pcbridge::contract::destinations::all_stems() {
+                let queue = format!("{}{stem}", arg(1));
+                let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+                channel.queue_declare(queue.as_str().into(), durable, Default::default()).await.expect("queue");
+                if !exchange.is_empty() {
+                    channel
+                        .queue_bind(
+                            queue.as_str().into(),
+                            exchange.into(),
+                            queue.as_str().into(),
+                            Default::default(),
+                            Default::default(),
+                        )
+                        .await
+                        .expect("bind");
+                }
+            }
             std::mem::forget(conn); // lives as long as the process
             let serial = (arg(5) == "serial").then(|| tokio::sync::Mutex::new(()));
             Sink::Rabbit { channel, exchange: arg(4).to_string(), serial }

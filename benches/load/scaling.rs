@@ -67,6 +67,9 @@ async fn measure(broker: &Broker, replicas: usize, n: u64) -> Option<Run> {
     let mut env = setup.env(broker);
     env.push(("PCBRIDGE_WORKER__CONCURRENCY".into(), CONCURRENCY.to_string()));
     env.push(("PCBRIDGE_WORKER__GROUP_ID".into(), format!("bench-scaling-{}", uuid::Uuid::new_v4().simple())));
+    // librdkafka's mock coordinator completes a rebalance only when the session timeout
+    // (45 s by default) runs out; 6 s, as in the tests, keeps a join near a real broker's.
+    env.push(("PCBRIDGE_KAFKA__PROPERTIES__SESSION_TIMEOUT_MS".into(), "6000".into()));
     let http = reqwest::Client::new();
     let mut workers: Vec<Server> = (0..replicas - 1).map(|_| servers::pcbridge("worker", &env)).collect();
     // The others first, working, then the last: its join time is a scale-out's.

@@ -111,9 +111,14 @@ pub async fn rabbit_tidy(broker: &Broker, tidy: Tidy) {
     let shards = if exchange.is_empty() { 0 } else { config.rabbitmq.shards };
     let raw = stems
         .iter()
-        .flat_map(
-            |s| if shards == 0 { vec![d.raw(s)] } else { pcbridge::contract::shards::shard_names(&d.raw(s), shards) },
-        )
+        // The raw name too: the minimal pipeline's own queue on RabbitMQ, the queue on AMQP 1.0.
+        .flat_map(|s| {
+            let mut queues = vec![d.raw(s)];
+            if shards > 0 {
+                queues.extend(pcbridge::contract::shards::shard_names(&d.raw(s), shards));
+            }
+            queues
+        })
         .filter(|_| tidy != Tidy::PurgeOutputs);
     let queues = raw.chain(stems.iter().map(|s| d.enriched(s))).chain([d.dead_letter()]);
     for q in queues {

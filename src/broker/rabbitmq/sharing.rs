@@ -72,8 +72,13 @@ pub(super) struct Sharing {
     pub topology: Topology,
     /// Every queue to consume, with its shard number (`None`: not a shard).
     pub queues: Vec<(String, Option<u16>)>,
-    /// Unacknowledged deliveries per queue's channel.
+    /// Unacknowledged deliveries on a queue that is not a shard (`worker.prefetch`).
     pub prefetch: u16,
+    /// Unacknowledged deliveries per shard: `worker.prefetch` split over a destination's
+    /// shards, so that one replica holding every shard of a busy destination has
+    /// `worker.prefetch` in flight from it, and 25 busy destinations do not multiply it
+    /// by 300 channels.
+    pub shard_prefetch: u16,
     /// `{prefix}{worker.group_id}.member`: the member slots' stem.
     pub member_stem: String,
     pub interval: Duration,
@@ -109,7 +114,8 @@ impl Sharing {
                 (q, shard)
             })
             .collect();
-        Self { topology, queues, prefetch, member_stem, interval }
+        let shard_prefetch = prefetch.div_ceil(topology.shards).max(1);
+        Self { topology, queues, prefetch, shard_prefetch, member_stem, interval }
     }
 
     /// Takes and hands over queues on `connection` until stopped or the connection breaks.
@@ -271,7 +277,8 @@ impl Sharing {
             return None;
         }
         let channel = connection.create_channel().await.ok()?;
-        channel.basic_qos(self.prefetch, BasicQosOptions::default()).await.ok()?;
+        let prefetch = if shard { self.shard_prefetch } else { self.prefetch };
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await.ok()?;
         let options = BasicConsumeOptions::default();
         let consumer = match channel.basic_consume(queue.into(), "".into(), options, FieldTable::default()).await {
             Ok(c) => c,
