@@ -252,10 +252,15 @@ for so in scaled:
             rx = re.compile(md["queueName"])
             if md.get("useRegex") != "true":
                 err(f"{where}: useRegex is not true")
+            # Raw destinations are shard queues {raw}.0 … {raw}.{shards-1} (rabbitmq.shards).
+            shards = int(config.get("rabbitmq", {}).get("shards", 12))
             for n in catalogue + ["unrecognized"]:
-                if not rx.fullmatch(prefix + n):
-                    err(f"{where}: queueName does not match the raw queue {prefix + n}")
-            for n in [prefix + "dead-letter"] + [prefix + e + ".enriched" for e in catalogue] + [prefix + "unknown-event"]:
+                for q in (f"{prefix}{n}.0", f"{prefix}{n}.{shards - 1}"):
+                    if not rx.fullmatch(q):
+                        err(f"{where}: queueName does not match the raw shard queue {q}")
+            if so["spec"].get("maxReplicaCount", 100) > shards:
+                err(f"{where}: maxReplicaCount is above rabbitmq.shards ({shards}): the rest would stand by")
+            for n in [prefix + "dead-letter"] + [prefix + e + ".enriched" for e in catalogue] + [prefix + "unknown-event.0"]:
                 if rx.search(n):
                     err(f"{where}: queueName matches {n}, which the worker does not consume")
 
