@@ -28,7 +28,6 @@
 use super::consumer::to_delivery;
 use super::topology::Topology;
 use crate::broker::Delivery;
-use crate::contract::shards::parse_shard;
 use futures::StreamExt;
 use lapin::{
     Channel, Connection,
@@ -110,7 +109,7 @@ impl Sharing {
             .iter()
             .flat_map(|d| topology.queues(d))
             .map(|q| {
-                let shard = (topology.destination_of(&q) != q).then(|| parse_shard(&q).map(|(_, i)| i)).flatten();
+                let shard = topology.shard(&q).map(|(_, i)| i);
                 (q, shard)
             })
             .collect();

@@ -53,12 +53,14 @@ impl Topology {
         }
     }
 
+    /// The raw destination and shard number of a shard queue; `None` for any other queue.
+    pub fn shard<'a>(&self, queue: &'a str) -> Option<(&'a str, u16)> {
+        shards::parse_shard(queue).filter(|(destination, _)| self.destinations.is_raw(destination))
+    }
+
     /// The destination a queue belongs to (a shard's destination, else the queue).
     pub fn destination_of<'a>(&self, queue: &'a str) -> &'a str {
-        match shards::parse_shard(queue) {
-            Some((destination, _)) if self.destinations.is_raw(destination) => destination,
-            _ => queue,
-        }
+        self.shard(queue).map_or(queue, |(destination, _)| destination)
     }
 
     /// Declares the durable queue `name`, bound to the exchange with routing key `name`.
@@ -70,7 +72,7 @@ impl Topology {
         if self.queue_type == QueueType::Quorum {
             args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
         }
-        if self.destination_of(name) != name {
+        if self.shard(name).is_some() {
             args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         }
         channel.queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
