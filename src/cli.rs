@@ -3,7 +3,7 @@
 
 use crate::config::{Config, LogFormat};
 use crate::telemetry::{LogStyle, Metrics, init_tracing};
-use crate::{ingress, shutdown, worker};
+use crate::{forward, ingress, shutdown, worker};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::{path::PathBuf, sync::Arc};
@@ -26,6 +26,9 @@ pub enum Command {
     Ingress,
     /// Consume raw events, enrich them from the Partner Center API, publish them enriched.
     Worker,
+    /// Send every verified event, byte for byte and still signed, to other receivers
+    /// (`[forward.receivers.*]`), so they share pcbridge's one registration.
+    Forward,
     /// The whole pipeline on this machine: embedded Kafka (or RabbitMQ), ingress, worker
     /// and a Partner Center simulator sending signed events.
     Dev(crate::dev::run::DevArgs),
@@ -64,6 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let service = match cli.command {
         Command::Ingress => "pcbridge-ingress",
         Command::Worker => "pcbridge-worker",
+        Command::Forward => "pcbridge-forward",
         Command::Reconcile(_) => "pcbridge-reconcile",
         _ => "pcbridge",
     };
@@ -82,6 +86,7 @@ async fn run_command(command: Command, config: Config, path: &std::path::Path) -
     match command {
         Command::Ingress => run_ingress(config).await,
         Command::Worker => run_worker(config).await,
+        Command::Forward => run_forward(config).await,
         Command::Dev(args) => Ok(crate::dev::run::run(config, args, shutdown::on_signal()).await?),
         Command::Simulate(args) => Ok(crate::dev::simulate::run(args, shutdown::on_signal()).await?),
         Command::Register(command) => {
@@ -135,4 +140,15 @@ async fn run_worker(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot start the {} worker", config.broker.kind))?;
     role.await.context("the worker task failed")
+}
+
+async fn run_forward(config: Config) -> anyhow::Result<()> {
+    let stop = shutdown::on_signal();
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on admin.listen = {}", config.admin.listen))?;
+    let role = forward::start(&config, "pcbridge-forward", admin_listener, Arc::new(Metrics::new()), stop)
+        .await
+        .with_context(|| format!("cannot start the {} forwarder", config.broker.kind))?;
+    role.await.context("the forwarder task failed")
 }

@@ -33,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod dev;
+pub mod forward;
 pub mod ingress;
 pub mod partner_center;
 pub mod reconcile;

@@ -1,6 +1,7 @@
 //! `pcbridge replay`: publishes dead letters back to their raw destination so the worker
 //! enriches them again (after the outage, the missing permission or the bug that
-//! dead-lettered them is fixed). Filters choose which (event name, error kind, time
+//! dead-lettered them is fixed); with `--receiver`, a forwarding receiver's dead letters
+//! back to that receiver alone. Filters choose which (event name, error kind, time
 //! received); `--dry-run` lists them. A replayed dead letter is removed from the
 //! dead-letter queue only after the broker confirmed its copy. On Kafka, where a topic
 //! is a log, nothing is removed: records stay until retention.
@@ -37,6 +38,10 @@ pub struct ReplayArgs {
     /// Replay at most this many.
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
+    /// A forwarding receiver's dead letters instead (`{prefix}forward.NAME.dead-letter`),
+    /// replayed to that receiver alone (`{prefix}forward.NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub receiver: Option<String>,
 }
 
 /// A `replay` failure. What was replayed before it stays replayed; the message says
@@ -124,7 +129,8 @@ pub fn parse_time(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Tim
 }
 
 /// The raw message a dead letter came from: same body, key and headers, without the
-/// error headers.
+/// error headers; for a forwarding receiver's dead letter (`pc-receiver`), addressed to
+/// that receiver's own destination.
 pub fn raw_again(d: &Delivery, destinations: &Destinations) -> Option<Message> {
     let name = d.header(headers::EVENT_NAME)?;
     let id = d.header(headers::EVENT_ID)?.to_string();
@@ -132,8 +138,12 @@ pub fn raw_again(d: &Delivery, destinations: &Destinations) -> Option<Message> {
     headers.retain(|(k, _)| !headers::DEAD_LETTER_ONLY.contains(&k.as_str()));
     let mut cloud_event = d.cloud_event.clone()?;
     cloud_event.ty = cloud_event_type(name);
+    let destination = match d.header(headers::RECEIVER) {
+        Some(receiver) => destinations.forward(receiver),
+        None => destinations.raw(name),
+    };
     Some(Message {
-        destination: destinations.raw(name),
+        destination,
         key: d.key.clone(),
         id,
         headers,
@@ -156,7 +166,10 @@ pub async fn run(config: &Config, args: ReplayArgs) -> Result<String, ReplayErro
         until: when(&args.until, "--until")?,
     };
     let destinations = config.broker.destinations();
-    let dead_letter = destinations.dead_letter();
+    let dead_letter = match &args.receiver {
+        Some(name) => destinations.forward_dead_letter(name),
+        None => destinations.dead_letter(),
+    };
     let mut backlog = broker::backlog(config, &dead_letter).await.map_err(|source| ReplayError::Broker {
         what: format!("read {dead_letter}"),
         broker: config.broker.kind,

@@ -11,6 +11,7 @@
 mod amqp;
 mod entra;
 mod kafka;
+pub mod ordered;
 mod rabbitmq;
 
 use crate::config::{BrokerKind, Config};
@@ -196,6 +197,52 @@ pub async fn consume(
         BrokerKind::Kafka => Arc::new(kafka::KafkaConsumer::start(config, sources, client_name, metrics)?),
         BrokerKind::Rabbitmq => rabbitmq::RabbitConsumer::start(config, sources, client_name).await?,
         BrokerKind::Amqp => amqp::AmqpConsumer::start(config, sources, client_name).await?,
+    })
+}
+
+/// A reader's own copy of some raw destinations: it sees every message of `sources`
+/// whatever other readers (the worker) take, plus the messages published to
+/// `destination` itself (replays meant for this reader alone), and keeps its own place.
+#[derive(Clone, Debug)]
+pub struct Subscription {
+    /// The reader's own destination (`contract::destinations::Destinations::forward`).
+    pub destination: String,
+    /// The raw destinations copied.
+    pub sources: Vec<String>,
+    /// The consumer group (Kafka) or member group (RabbitMQ) the reader's replicas share.
+    pub group: String,
+}
+
+/// Starts consuming a [`Subscription`]. Kafka: the group reads `sources` and
+/// `destination` from its own offsets. RabbitMQ: `destination`'s shard `k` is bound to
+/// shard `k` of every source (and to its own name), so the exchange copies each message
+/// into it. The AMQP 1.0 queues of Service Bus have no such copy: there, refused.
+pub async fn subscribe(
+    config: &Config,
+    subscription: &Subscription,
+    client_name: &str,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<dyn Consumer>, SetupError> {
+    let mut config = config.clone();
+    config.worker.group_id = subscription.group.clone();
+    Ok(match config.broker.kind {
+        BrokerKind::Kafka => {
+            let topics = subscription.sources.iter().chain([&subscription.destination]).cloned().collect();
+            Arc::new(kafka::KafkaConsumer::start(&config, topics, client_name, metrics)?)
+        }
+        BrokerKind::Rabbitmq => {
+            let topology =
+                rabbitmq::Topology::new(&config).with_copy(&subscription.destination, subscription.sources.clone());
+            let sources = vec![subscription.destination.clone()];
+            rabbitmq::RabbitConsumer::start_with(&config, topology, sources, client_name).await?
+        }
+        BrokerKind::Amqp => {
+            return Err(SetupError::Config(
+                "forwarding reads a copy of the raw destinations, which AMQP 1.0 queues cannot give: \
+                 use broker.kind = kafka (Event Hubs) or rabbitmq"
+                    .into(),
+            ));
+        }
     })
 }
 

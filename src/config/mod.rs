@@ -3,7 +3,7 @@
 //!
 //! One file per section, each validating its own keys: [`process`] (log, admin,
 //! shutdown), [`ingress`], [`signature`], [`broker`] (broker, kafka, rabbitmq),
-//! [`worker`] (partner_center, worker), [`reconcile`]; [`secret`] holds the type secrets keep and how
+//! [`worker`] (partner_center, worker), [`reconcile`], [`forward`]; [`secret`] holds the type secrets keep and how
 //! they are read; [`load`] layers the sources and names the key behind every error.
 //!
 //! Every key has a default here and a commented twin in the repository's `config.toml`
@@ -14,6 +14,7 @@
 //! This module imports nothing else of the crate.
 
 mod broker;
+mod forward;
 mod ingress;
 mod load;
 mod process;
@@ -28,6 +29,7 @@ pub use broker::{
     AmqpConfig, AmqpSignIn, BrokerConfig, BrokerKind, EntraCredential, EventHubsConfig, EventHubsSignIn, KafkaConfig,
     QueueType, RabbitMqConfig, SECRET_KAFKA_PROPERTIES,
 };
+pub use forward::{ForwardConfig, ReceiverConfig};
 pub use ingress::IngressConfig;
 pub use process::{AdminConfig, LogConfig, LogFormat, ShutdownConfig};
 pub use reconcile::ReconcileConfig;
@@ -93,6 +95,7 @@ pub struct Config {
     pub amqp: AmqpConfig,
     pub worker: WorkerConfig,
     pub reconcile: ReconcileConfig,
+    pub forward: ForwardConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -108,6 +111,7 @@ impl Config {
         self.partner_center.validate()?;
         self.worker.validate()?;
         self.reconcile.validate()?;
+        self.forward.validate()?;
         match self.broker.kind {
             BrokerKind::Kafka => self.kafka.validate(),
             BrokerKind::Rabbitmq => self.rabbitmq.validate(),

@@ -138,11 +138,30 @@ impl Destinations {
         format!("{}dead-letter", self.prefix)
     }
 
-    /// Whether `name` is a raw destination under this prefix: neither enriched nor the
-    /// dead letter. On RabbitMQ these are split into shards (`contract::shards`).
+    /// Whether `name` holds raw messages under this prefix: neither enriched nor a dead
+    /// letter (a raw destination, or a receiver's [`Destinations::forward`]). On
+    /// RabbitMQ these are split into shards (`contract::shards`).
     pub fn is_raw(&self, name: &str) -> bool {
-        name.strip_prefix(self.prefix.as_str())
-            .is_some_and(|rest| !rest.is_empty() && !rest.ends_with(".enriched") && name != self.dead_letter())
+        name.strip_prefix(self.prefix.as_str()).is_some_and(|rest| {
+            !rest.is_empty()
+                && !rest.ends_with(".enriched")
+                && !rest.ends_with(FORWARD_DEAD_LETTER_SUFFIX)
+                && name != self.dead_letter()
+        })
+    }
+
+    /// `{prefix}forward.{receiver}`: the raw messages of one forwarding receiver that
+    /// did not come from the raw destinations — its replayed dead letters. On RabbitMQ it
+    /// is also the receiver's copy of the raw destinations it wants (its shard `k` is
+    /// bound to shard `k` of each), so a replay reaches that receiver alone.
+    pub fn forward(&self, receiver: &str) -> String {
+        format!("{}{FORWARD_STEM}{receiver}", self.prefix)
+    }
+
+    /// `{prefix}forward.{receiver}.dead-letter`: what could not be forwarded to that
+    /// receiver within its retry budget.
+    pub fn forward_dead_letter(&self, receiver: &str) -> String {
+        format!("{}{FORWARD_STEM}{receiver}{FORWARD_DEAD_LETTER_SUFFIX}", self.prefix)
     }
 
     /// The raw destinations of every catalogue event and `unrecognized`, once each.
@@ -162,6 +181,11 @@ impl Destinations {
         unique(stems.iter().map(|s| self.enriched(s.as_ref())).chain([self.dead_letter()]))
     }
 }
+
+/// What [`Destinations::forward`] names start with after the prefix.
+const FORWARD_STEM: &str = "forward.";
+/// What ends a receiver's dead letter's name.
+const FORWARD_DEAD_LETTER_SUFFIX: &str = ".dead-letter";
 
 /// `names` without repeats, in first-seen order.
 fn unique(names: impl Iterator<Item = String>) -> Vec<String> {
@@ -209,6 +233,17 @@ mod tests {
             ["partnercenter.referral-created.enriched", "partnercenter.dead-letter"]
         );
         assert!(CATALOGUE.iter().all(|n| is_safe_name(n)));
+    }
+
+    #[test]
+    fn forwarding_destinations() {
+        let d = Destinations::new("partnercenter.");
+        assert_eq!(d.forward("cipp"), "partnercenter.forward.cipp");
+        assert_eq!(d.forward_dead_letter("cipp"), "partnercenter.forward.cipp.dead-letter");
+        assert!(d.is_raw(&d.forward("cipp")), "a receiver's copy holds raw messages");
+        assert!(!d.is_raw(&d.forward_dead_letter("cipp")));
+        assert!(!d.is_raw(&d.dead_letter()));
+        assert!(d.is_raw(&d.raw("subscription-updated")));
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub const EVENT_ID: &str = "pc-event-id";
 pub const EVENT_NAME: &str = "pc-event-name";
 /// When the ingress accepted the event, RFC 3339 UTC.
 pub const RECEIVED_AT: &str = "pc-received-at";
-/// Partner Center's signature, as sent (`Signature <base64>`).
+/// Partner Center's signature: the base64 of `Signature <base64>` as sent.
 pub const SIGNATURE: &str = "pc-signature";
 /// The `X-MS-Certificate-Url` the signature was verified with.
 pub const CERTIFICATE_URL: &str = "pc-certificate-url";
@@ -31,8 +31,11 @@ pub const ERROR: &str = "pc-error";
 /// Dead letters: API attempts made before giving up.
 pub const ATTEMPTS: &str = "pc-attempts";
 
+/// Dead letters of a forwarding receiver: the receiver's name (`forward.receivers.{name}`).
+pub const RECEIVER: &str = "pc-receiver";
+
 /// The headers a dead letter adds to its raw message's, which a replay removes again.
-pub const DEAD_LETTER_ONLY: [&str; 3] = [ERROR_KIND, ERROR, ATTEMPTS];
+pub const DEAD_LETTER_ONLY: [&str; 4] = [ERROR_KIND, ERROR, ATTEMPTS, RECEIVER];
 
 /// The parts of a valid version-00 W3C `traceparent`.
 #[derive(Debug, PartialEq, Eq)]

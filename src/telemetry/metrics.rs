@@ -77,6 +77,37 @@ pub struct Metrics {
     pub reconcile_skipped: IntCounterVec,
     /// Pages read by reconciliation, by `source`.
     pub reconcile_pages: IntCounterVec,
+    /// Events `pcbridge forward` finished, by `receiver` (a configured name: the label set
+    /// is bounded) and `outcome` (see [`forward_outcome`]).
+    pub forward_events: IntCounterVec,
+    /// Requests to receivers, by `receiver` and `result` (see [`forward_result`]).
+    pub forward_requests: IntCounterVec,
+}
+
+/// Outcomes of one event for one receiver, the `outcome` label of
+/// `pcbridge_forward_events_total`.
+pub mod forward_outcome {
+    /// The receiver answered 2xx.
+    pub const DELIVERED: &str = "delivered";
+    /// Dead-lettered for this receiver (permanent answer or retry budget spent).
+    pub const DEAD_LETTERED: &str = "dead_lettered";
+    /// In a shared destination, an event the receiver does not want: acknowledged, not sent.
+    pub const SKIPPED: &str = "skipped";
+}
+
+/// Results of one request to a receiver, the `result` label of
+/// `pcbridge_forward_requests_total`.
+pub mod forward_result {
+    pub const SUCCESS: &str = "2xx";
+    /// A redirect, never followed: permanent.
+    pub const REDIRECT: &str = "3xx";
+    pub const THROTTLED: &str = "429";
+    /// Other 4xx: permanent, except 408.
+    pub const CLIENT_ERROR: &str = "4xx";
+    pub const SERVER_ERROR: &str = "5xx";
+    pub const TIMEOUT: &str = "timeout";
+    /// Connection refused or reset, TLS or DNS failure.
+    pub const CONNECTION: &str = "connection";
 }
 
 /// Outcomes of one change found by reconciliation, the `outcome` label of
@@ -217,6 +248,16 @@ impl Metrics {
         );
         let reconcile_pages =
             counter("pcbridge_reconcile_pages_total", "Pages read by reconciliation, by source.", &["source"]);
+        let forward_events = counter(
+            "pcbridge_forward_events_total",
+            "Events finished by the forwarder, by receiver and outcome.",
+            &["receiver", "outcome"],
+        );
+        let forward_requests = counter(
+            "pcbridge_forward_requests_total",
+            "Requests to forwarding receivers, by receiver and result.",
+            &["receiver", "result"],
+        );
         let build_info = IntGaugeVec::new(
             Opts::new("pcbridge_build_info", "Always 1; the labels name the running build."),
             &["version"],
@@ -230,6 +271,8 @@ impl Metrics {
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .unwrap_or_else(|e| panic!("{e}"));
         Self {
+            forward_events,
+            forward_requests,
             change_keys,
             reconcile_changes,
             reconcile_skipped,

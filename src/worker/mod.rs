@@ -15,7 +15,10 @@ mod start;
 
 pub use start::{MissingCredentials, WorkerError, check_credentials, missing_credentials, sources, start, stems};
 
-use crate::broker::{Consumer, Delivery, Message, PublishError, Publisher};
+use crate::broker::{
+    Consumer, Delivery, Message, PublishError, Publisher,
+    ordered::{self, Slot},
+};
 use crate::config::Config;
 use crate::contract::{
     destinations::Destinations,
@@ -34,20 +37,11 @@ use dedup::Dedup;
 use enrich::{Enricher, Failure, RawEvent};
 use output::Identity;
 use std::{
-    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
-use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit},
-    task::JoinSet,
-};
 use tracing::Instrument;
-
-/// Deliveries held per unit of concurrency beyond the one being processed; keeps memory
-/// bounded and back-pressure reaching the broker.
-const QUEUE_DEPTH: usize = 4;
 
 /// Everything the chains share.
 pub struct WorkerState {
@@ -101,70 +95,20 @@ impl WorkerState {
 }
 
 /// Consumes until `stop` is cancelled (or the consumer closes), then lets the chains
-/// finish what they hold.
+/// finish what they hold ([`crate::broker::ordered`]: one key at a time, in order).
 ///
-/// Each key with work has one *chain*: a task that processes that key's deliveries one
-/// after the other, in arrival order. At most `concurrency` chains process at once
-/// (`running`), and at most `concurrency × (1 + QUEUE_DEPTH)` deliveries are held in all
-/// (`admitted`), which is the back-pressure reaching the broker. A chain gives its
-/// `running` slot back once the event is enriched: waiting for the broker's confirm of
-/// the output is not API work, and holding the slot through it kept the worker at 0.73
-/// of `concurrency / API latency` on RabbitMQ, whose confirms take a few milliseconds
-/// (docs/BENCHMARKS.md). The chain itself still finishes the event, acknowledgement
-/// included, before it starts the key's next one. Unlike fixed lanes picked
-/// by a hash, a busy key never holds up deliveries of other keys: with 64 lanes and
-/// random keys, the dispatcher waiting on the one full lane kept the worker at about half
-/// of its concurrency (docs/BENCHMARKS.md).
+/// A handler gives its slot back once the event is enriched: waiting for the broker's
+/// confirm of the output is not API work, and holding the slot through it kept the
+/// worker at 0.73 of `concurrency / API latency` on RabbitMQ, whose confirms take a few
+/// milliseconds (docs/BENCHMARKS.md).
 pub async fn run(state: Arc<WorkerState>, stop: CancellationToken) {
-    let running = Arc::new(Semaphore::new(state.concurrency.max(1)));
-    let admitted = Arc::new(Semaphore::new(state.concurrency.max(1) * (1 + QUEUE_DEPTH)));
-    let chains: Chains = Arc::new(Mutex::new(HashMap::new()));
-    let mut tasks = JoinSet::new();
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            p = admitted.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let delivery = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            d = state.consumer.recv() => d,
-        };
-        let Some(d) = delivery else { break };
-        let key = d.key.clone();
-        {
-            let mut chains = chains.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(queue) = chains.get_mut(&key) {
-                queue.push_back((d, permit));
-                continue;
-            }
-            chains.insert(key.clone(), VecDeque::new());
-        }
-        let (state, running, chains) = (state.clone(), running.clone(), chains.clone());
-        tasks.spawn(async move {
-            let mut next = Some((d, permit));
-            while let Some((d, _held)) = next {
-                let Ok(slot) = running.acquire().await else { return };
-                process(&state, d, slot).await;
-                let mut chains = chains.lock().unwrap_or_else(|p| p.into_inner());
-                next = chains.get_mut(&key).and_then(VecDeque::pop_front);
-                if next.is_none() {
-                    chains.remove(&key);
-                }
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
+    let (consumer, concurrency) = (state.consumer.clone(), state.concurrency);
+    ordered::run(consumer, concurrency, stop, move |d, slot| {
+        let state = state.clone();
+        async move { process(&state, d, slot).await }
+    })
+    .await;
 }
-
-/// Deliveries waiting behind an earlier one with the same key, by key; each holds its
-/// `admitted` permit until processed.
-type Chains = Arc<Mutex<HashMap<String, VecDeque<(Delivery, OwnedSemaphorePermit)>>>>;
 
 /// Keeps `pcbridge_worker_in_flight_events` right however processing ends.
 struct InFlight<'a>(&'a prometheus::IntGauge);
@@ -178,7 +122,7 @@ impl Drop for InFlight<'_> {
 /// One delivery, start to acknowledgement, in an `event` span that carries the event's
 /// id and name and continues the trace of the raw message's `traceparent` (the ingress
 /// request). `slot` (one of `worker.concurrency`) is held only until the event is enriched.
-async fn process(state: &WorkerState, d: Delivery, slot: SemaphorePermit<'_>) {
+async fn process(state: &WorkerState, d: Delivery, slot: Slot) {
     let who = identify(&d);
     let span = tracing::info_span!(
         "event",
@@ -191,7 +135,7 @@ async fn process(state: &WorkerState, d: Delivery, slot: SemaphorePermit<'_>) {
     process_in_span(state, d, who, slot).instrument(span).await
 }
 
-async fn process_in_span(state: &WorkerState, d: Delivery, who: Identity, slot: SemaphorePermit<'_>) {
+async fn process_in_span(state: &WorkerState, d: Delivery, who: Identity, slot: Slot) {
     state.metrics.worker_in_flight.inc();
     let in_flight = InFlight(&state.metrics.worker_in_flight);
     let duplicate = state.dedup.lock().unwrap_or_else(|p| p.into_inner()).contains(&who.event_id);

@@ -246,6 +246,57 @@ impl TestWorker {
     }
 }
 
+/// A running forwarder.
+pub struct TestForwarder {
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<()>,
+}
+
+/// Starts the real forwarder (`pcbridge forward`: its subscriptions, publisher, admin on port 0).
+pub async fn spawn_forwarder(config: &Config) -> TestForwarder {
+    let metrics = prepare();
+    let (admin_listener, _admin) = listen().await;
+    let shutdown = CancellationToken::new();
+    let handle =
+        pcbridge::forward::start(config, "pcbridge-test-forward", admin_listener, metrics.clone(), shutdown.clone())
+            .await
+            .expect("forwarder starts");
+    TestForwarder { metrics, shutdown, handle }
+}
+
+impl TestForwarder {
+    /// Stops the forwarder and waits for its drain; an error if its task panicked.
+    pub async fn stop(self) -> Result<(), tokio::task::JoinError> {
+        self.shutdown.cancel();
+        self.handle.await
+    }
+}
+
+/// The environment that gives a `pcbridge forward` process the test's `[forward]` section.
+pub fn forward_env(c: &Config) -> Vec<(String, String)> {
+    let f = &c.forward;
+    let mut env = vec![
+        ("PCBRIDGE_FORWARD__GROUP_ID".to_string(), f.group_id.clone()),
+        ("PCBRIDGE_FORWARD__CONCURRENCY".into(), f.concurrency.to_string()),
+        ("PCBRIDGE_FORWARD__ALLOW_HTTP".into(), f.allow_http.to_string()),
+        ("PCBRIDGE_FORWARD__MAX_ATTEMPTS".into(), f.max_attempts.to_string()),
+        ("PCBRIDGE_FORWARD__MAX_RETRY_MS".into(), f.max_retry_ms.to_string()),
+        ("PCBRIDGE_FORWARD__RETRY_MIN_DELAY_MS".into(), f.retry_min_delay_ms.to_string()),
+        ("PCBRIDGE_FORWARD__RETRY_MAX_DELAY_MS".into(), f.retry_max_delay_ms.to_string()),
+    ];
+    for (name, r) in &f.receivers {
+        let key = |k: &str| format!("PCBRIDGE_FORWARD__RECEIVERS__{}__{k}", name.to_uppercase());
+        env.push((key("URL"), r.url.clone()));
+        env.push((key("TIMEOUT_MS"), r.timeout_ms.to_string()));
+        env.push((key("SIGNATURE_HEADER"), r.signature_header.clone()));
+        if !r.events.is_empty() {
+            env.push((key("EVENTS"), format!("[{}]", r.events.join(","))));
+        }
+    }
+    env
+}
+
 /// Events a worker finished, summed over `pcbridge_worker_events_total` in metrics text.
 pub fn worker_events_total(metrics: &str) -> u64 {
     metrics
@@ -307,6 +358,25 @@ impl WorkerProcess {
         let pid = self.child.id().to_string();
         assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
         self.child.wait().expect("wait")
+    }
+}
+
+impl WorkerProcess {
+    /// Starts `pcbridge forward` with the test's broker and `[forward]` section, its
+    /// admin on `admin_port`.
+    pub fn spawn_forward(config: &Config, admin_port: u16) -> Self {
+        let mut cmd = pcbridge_command();
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(["--config", "config.toml", "forward"]);
+        if config.broker.kind == BrokerKind::Kafka {
+            cmd.env("PCBRIDGE_KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000");
+        }
+        cmd.envs(broker_env(config))
+            .envs(forward_env(config))
+            .env("PCBRIDGE_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+            .env("PCBRIDGE_LOG__LEVEL", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        Self { child: cmd.spawn().expect("spawn pcbridge forward"), admin_port }
     }
 }
 

@@ -42,7 +42,16 @@ impl RabbitConsumer {
     /// is reported, so a wrong URL shows at start-up), then consumes until closed,
     /// reconnecting as needed.
     pub async fn start(config: &Config, sources: Vec<String>, client_name: &str) -> Result<Arc<Self>, SetupError> {
-        let topology = Topology::new(config);
+        Self::start_with(config, Topology::new(config), sources, client_name).await
+    }
+
+    /// [`RabbitConsumer::start`] with a topology of its own (a reader's copy).
+    pub async fn start_with(
+        config: &Config,
+        topology: Topology,
+        sources: Vec<String>,
+        client_name: &str,
+    ) -> Result<Arc<Self>, SetupError> {
         let member_stem = format!("{}{}.member", config.broker.prefix, config.worker.group_id);
         let interval = Duration::from_millis(config.rabbitmq.rebalance_interval_ms.max(50));
         let settings = Settings {

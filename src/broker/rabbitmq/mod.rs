@@ -3,8 +3,8 @@
 //! messages published with publisher confirms and `mandatory` ([`publisher`]), the
 //! shards shared among worker replicas, one replica per shard at a time ([`sharing`]),
 //! consumed with manual acknowledgements ([`consumer`]), and a queue's backlog read once
-//! for `replay` ([`backlog`]). Only what `broker::connect`, `consume`, `backlog` and
-//! `probe` need is visible outside.
+//! for `replay` ([`backlog`]). Only what `broker::connect`, `consume`, `subscribe`,
+//! `backlog` and `probe` need is visible outside.
 
 mod backlog;
 mod consumer;
@@ -16,3 +16,4 @@ pub(crate) use backlog::RabbitBacklog;
 pub(crate) use consumer::RabbitConsumer;
 pub(crate) use publisher::{RabbitMq, missing_queues, probe};
 pub(crate) use sharing::InFlight;
+pub(crate) use topology::Topology;

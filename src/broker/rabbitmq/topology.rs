@@ -23,6 +23,10 @@ pub(crate) struct Topology {
     /// Tells raw destinations (sharded) from enriched ones and the dead letter (one
     /// queue each: downstream consumers and `replay` read them by name).
     destinations: Destinations,
+    /// A reader's copy (`broker::Subscription`): its destination, and the raw
+    /// destinations whose shard `k` its shard `k` is bound to. Only the reader declares
+    /// it so: a publisher declaring the same queue leaves the bindings as they are.
+    copy: Option<(String, Vec<String>)>,
 }
 
 impl Topology {
@@ -32,7 +36,14 @@ impl Topology {
             queue_type: config.rabbitmq.queue_type,
             shards: config.rabbitmq.shards.max(1),
             destinations: config.broker.destinations(),
+            copy: None,
         }
+    }
+
+    /// This topology, with `destination` declared as a copy of `sources`.
+    pub fn with_copy(mut self, destination: &str, sources: Vec<String>) -> Self {
+        self.copy = Some((destination.to_string(), sources));
+        self
     }
 
     /// The queues of `destination`: its shards when it is a raw destination, else itself.
@@ -63,28 +74,40 @@ impl Topology {
         self.shard(queue).map_or(queue, |(destination, _)| destination)
     }
 
-    /// Declares the durable queue `name`, bound to the exchange with routing key `name`.
-    /// A shard is `x-single-active-consumer`: however many consumers subscribe, RabbitMQ
-    /// delivers to one, and hands the queue to the next only when that one is gone
-    /// (`super::sharing` closes it only once its deliveries are acknowledged).
+    /// Declares the durable queue `name`, bound to the exchange with routing key `name`
+    /// (and, a shard of the copy, with the routing key of the same shard of each copied
+    /// source). A shard is `x-single-active-consumer`: however many consumers
+    /// subscribe, RabbitMQ delivers to one, and hands the queue to the next only when
+    /// that one is gone (`super::sharing` closes it only once its deliveries are
+    /// acknowledged).
     pub async fn declare_queue(&self, channel: &Channel, name: &str) -> Result<(), lapin::Error> {
         let mut args = FieldTable::default();
         if self.queue_type == QueueType::Quorum {
             args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
         }
-        if self.shard(name).is_some() {
+        let shard = self.shard(name);
+        if shard.is_some() {
             args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         }
         channel.queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
-        channel
-            .queue_bind(
-                name.into(),
-                self.exchange.as_str().into(),
-                name.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
+        let mut keys = vec![name.to_string()];
+        if let (Some((destination, k)), Some((copy, sources))) = (shard, &self.copy)
+            && destination == copy
+        {
+            keys.extend(sources.iter().map(|source| shards::shard_name(source, k)));
+        }
+        for key in keys {
+            channel
+                .queue_bind(
+                    name.into(),
+                    self.exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// Declares the durable topic exchange.

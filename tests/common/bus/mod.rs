@@ -209,12 +209,31 @@ impl Bus {
         c
     }
 
+    /// Creates `topics` in the mock Kafka cluster (nothing on the other brokers, where
+    /// the roles declare their queues).
+    pub fn create_topics(&self, config: &Config, topics: &[String]) {
+        if let Bus::Kafka(mock) = self {
+            for topic in topics {
+                mock.create_topic(topic, config.kafka.partitions, 1).expect("mock topic");
+            }
+        }
+    }
+
     /// Reads up to `want` messages from one destination.
     pub async fn read(&self, destination: &str, want: usize, wait: Duration) -> Vec<Received> {
         match self {
             Bus::Kafka(m) => kafka::read(&m.bootstrap_servers(), &[destination], want, wait).await,
             Bus::Rabbit(c) => rabbitmq::read(c, destination, want, wait).await,
             Bus::Amqp(_) => amqp::read(destination, want, wait).await,
+        }
+    }
+
+    /// Up to `want` messages of one destination, left in place (Kafka: a log; RabbitMQ:
+    /// read unacknowledged and requeued).
+    pub async fn peek(&self, destination: &str, want: usize, wait: Duration) -> Vec<Received> {
+        match self {
+            Bus::Rabbit(c) => rabbitmq::peek(c, destination, want, wait).await,
+            _ => self.read(destination, want, wait).await,
         }
     }
 

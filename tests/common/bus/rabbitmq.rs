@@ -98,6 +98,16 @@ pub async fn count(conn: &Connection, queues: &[String]) -> u32 {
 /// Takes up to `want` messages from destination `name` (each of its shards in turn),
 /// waiting at most `wait`. A message read from a shard names its destination.
 pub async fn read(conn: &Connection, name: &str, want: usize, wait: Duration) -> Vec<Received> {
+    read_or_peek(conn, name, want, wait, true).await
+}
+
+/// [`read`], leaving the messages in place (unacknowledged, then requeued when the
+/// channel closes).
+pub async fn peek(conn: &Connection, name: &str, want: usize, wait: Duration) -> Vec<Received> {
+    read_or_peek(conn, name, want, wait, false).await
+}
+
+async fn read_or_peek(conn: &Connection, name: &str, want: usize, wait: Duration, take: bool) -> Vec<Received> {
     let channel = conn.create_channel().await.expect("channel");
     let deadline = Instant::now() + wait;
     let queues = queues_of(conn, name).await;
@@ -107,7 +117,7 @@ pub async fn read(conn: &Connection, name: &str, want: usize, wait: Duration) ->
     while out.len() < want {
         let queue = &queues[turn % queues.len()];
         turn += 1;
-        match channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await {
+        match channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: take }).await {
             Ok(Some(m)) => {
                 let p = &m.delivery.properties;
                 let mut properties = BTreeMap::new();
@@ -144,6 +154,9 @@ pub async fn read(conn: &Connection, name: &str, want: usize, wait: Duration) ->
             }
             Err(e) => panic!("basic.get {queue}: {e}"),
         }
+    }
+    if !take {
+        let _ = channel.close(200, "peeked".into()).await;
     }
     out
 }
@@ -197,9 +210,17 @@ pub async fn cleanup(conn: &Connection, config: &Config, extra_queues: &[String]
     let d = config.broker.destinations();
     let raw = d.all_raw();
     let shards = raw.iter().flat_map(|q| pcbridge::contract::shards::shard_names(q, config.rabbitmq.shards));
-    let members =
-        (0..config.rabbitmq.shards).map(|i| format!("{}{}.member.{i}", config.broker.prefix, config.worker.group_id));
-    for q in raw.iter().chain(extra_queues).cloned().chain(shards).chain(members) {
+    let mut groups = vec![config.worker.group_id.clone()];
+    let mut forwarded = Vec::new();
+    for name in config.forward.receivers.keys() {
+        groups.push(format!("{}.{name}", config.forward.group_id));
+        forwarded.extend(pcbridge::contract::shards::shard_names(&d.forward(name), config.rabbitmq.shards));
+        forwarded.push(d.forward_dead_letter(name));
+    }
+    let members = groups.iter().flat_map(|group| {
+        (0..config.rabbitmq.shards).map(move |i| format!("{}{group}.member.{i}", config.broker.prefix))
+    });
+    for q in raw.iter().chain(extra_queues).cloned().chain(shards).chain(members).chain(forwarded) {
         let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
     }
     let _ = channel.exchange_delete(config.rabbitmq.exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
