@@ -1,6 +1,7 @@
-//! The admin listener of both roles: `/healthz` (the process is alive), `/readyz`
-//! (the broker is connected and the role is not shutting down; 503 otherwise) and
-//! `/metrics` (Prometheus text format).
+//! The admin listener of every role: `/healthz` (the process is alive), `/readyz`
+//! (the broker is connected and the role is not shutting down; 503 otherwise),
+//! `/metrics` (Prometheus text format), and whatever a role adds (`register watch`:
+//! `/registration`, its last check).
 
 use crate::shutdown::CancellationToken;
 use crate::telemetry::Metrics;
@@ -66,10 +67,12 @@ pub async fn run(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     ready: Readiness,
+    routes: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "admin listening (/healthz /readyz /metrics)");
-    axum::serve(listener, router(metrics, ready)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    let app = router(metrics, ready).merge(routes);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
 /// A role's admin endpoints, served in a task of their own from start-up until the role
@@ -91,8 +94,19 @@ impl Admin {
         start: impl Future<Output = Result<T, E>>,
         ready: impl FnOnce(&T) -> Box<dyn Fn() -> bool + Send + Sync>,
     ) -> Result<(Self, T), E> {
+        Self::serve_with_routes_while(listener, metrics, Router::new(), start, ready).await
+    }
+
+    /// [`Admin::serve_while`], serving the role's own `routes` beside the usual three.
+    pub async fn serve_with_routes_while<T, E>(
+        listener: TcpListener,
+        metrics: Arc<Metrics>,
+        routes: Router,
+        start: impl Future<Output = Result<T, E>>,
+        ready: impl FnOnce(&T) -> Box<dyn Fn() -> bool + Send + Sync>,
+    ) -> Result<(Self, T), E> {
         let readiness = Readiness::default();
-        let admin = Self::spawn(listener, metrics, readiness.clone());
+        let admin = Self::spawn(listener, metrics, readiness.clone(), routes);
         match start.await {
             Ok(state) => {
                 let _ = readiness.check.set(ready(&state));
@@ -105,9 +119,9 @@ impl Admin {
         }
     }
 
-    fn spawn(listener: TcpListener, metrics: Arc<Metrics>, ready: Readiness) -> Self {
+    fn spawn(listener: TcpListener, metrics: Arc<Metrics>, ready: Readiness, routes: Router) -> Self {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(listener, metrics, ready, stop.clone()));
+        let task = tokio::spawn(run(listener, metrics, ready, routes, stop.clone()));
         Self { stop, task }
     }
 

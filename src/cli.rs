@@ -89,6 +89,7 @@ async fn run_command(command: Command, config: Config, path: &std::path::Path) -
         Command::Forward => run_forward(config).await,
         Command::Dev(args) => Ok(crate::dev::run::run(config, args, shutdown::on_signal()).await?),
         Command::Simulate(args) => Ok(crate::dev::simulate::run(args, shutdown::on_signal()).await?),
+        Command::Register(crate::register::RegisterCommand::Watch) => run_watch(config).await,
         Command::Register(command) => {
             let out = crate::register::run(&config, command).await?;
             print!("{out}");
@@ -151,4 +152,15 @@ async fn run_forward(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot start the {} forwarder", config.broker.kind))?;
     role.await.context("the forwarder task failed")
+}
+
+async fn run_watch(config: Config) -> anyhow::Result<()> {
+    let stop = shutdown::on_signal();
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on admin.listen = {}", config.admin.listen))?;
+    let (_, role) = crate::register::guard::start(&config, admin_listener, Arc::new(Metrics::new()), stop)
+        .await
+        .context("cannot start the registration watch")?;
+    role.await.context("the registration watch task failed")
 }

@@ -3,7 +3,7 @@
 //!
 //! One file per section, each validating its own keys: [`process`] (log, admin,
 //! shutdown), [`ingress`], [`signature`], [`broker`] (broker, kafka, rabbitmq),
-//! [`worker`] (partner_center, worker), [`reconcile`], [`forward`]; [`secret`] holds the type secrets keep and how
+//! [`worker`] (partner_center, worker), [`reconcile`], [`forward`], [`registration`]; [`secret`] holds the type secrets keep and how
 //! they are read; [`load`] layers the sources and names the key behind every error.
 //!
 //! Every key has a default here and a commented twin in the repository's `config.toml`
@@ -19,6 +19,7 @@ mod ingress;
 mod load;
 mod process;
 mod reconcile;
+mod registration;
 mod secret;
 mod signature;
 #[cfg(test)]
@@ -33,6 +34,7 @@ pub use forward::{ForwardConfig, ReceiverConfig};
 pub use ingress::IngressConfig;
 pub use process::{AdminConfig, LogConfig, LogFormat, ShutdownConfig};
 pub use reconcile::ReconcileConfig;
+pub use registration::RegistrationConfig;
 pub use secret::Secret;
 pub use signature::{MICROSOFT_CERTIFICATE_PREFIX, SignatureConfig};
 pub use worker::{PartnerCenterConfig, WorkerConfig};
@@ -96,6 +98,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub reconcile: ReconcileConfig,
     pub forward: ForwardConfig,
+    pub registration: RegistrationConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -112,6 +115,7 @@ impl Config {
         self.worker.validate()?;
         self.reconcile.validate()?;
         self.forward.validate()?;
+        self.registration.validate()?;
         match self.broker.kind {
             BrokerKind::Kafka => self.kafka.validate(),
             BrokerKind::Rabbitmq => self.rabbitmq.validate(),

@@ -82,6 +82,16 @@ pub struct Metrics {
     pub forward_events: IntCounterVec,
     /// Requests to receivers, by `receiver` and `result` (see [`forward_result`]).
     pub forward_requests: IntCounterVec,
+    /// 1 while the last completed check found the webhook registration different from
+    /// `[registration]` (or gone); 0 when it matched. A failed check leaves it as it was.
+    pub registration_mismatch: IntGauge,
+    /// Registration checks by `result`: match, mismatch, missing, failed.
+    pub registration_checks: IntCounterVec,
+    /// When the registration was last read (Unix seconds): an alert on its age catches a
+    /// watcher that stopped checking.
+    pub registration_last_check: IntGauge,
+    /// Registrations put back by `register watch`, by `result` (restored, failed).
+    pub registration_restores: IntCounterVec,
 }
 
 /// Outcomes of one event for one receiver, the `outcome` label of
@@ -248,6 +258,23 @@ impl Metrics {
         );
         let reconcile_pages =
             counter("pcbridge_reconcile_pages_total", "Pages read by reconciliation, by source.", &["source"]);
+        let registration_checks =
+            counter("pcbridge_registration_checks_total", "Webhook registration checks by result.", &["result"]);
+        let registration_restores =
+            counter("pcbridge_registration_restores_total", "Webhook registrations put back, by result.", &["result"]);
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry.register(Box::new(g.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            g
+        };
+        let registration_mismatch = gauge(
+            "pcbridge_registration_mismatch",
+            "1 while the webhook registration differs from the configured one (or is gone).",
+        );
+        let registration_last_check = gauge(
+            "pcbridge_registration_last_check_timestamp_seconds",
+            "When the webhook registration was last read, Unix seconds.",
+        );
         let forward_events = counter(
             "pcbridge_forward_events_total",
             "Events finished by the forwarder, by receiver and outcome.",
@@ -271,6 +298,10 @@ impl Metrics {
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .unwrap_or_else(|e| panic!("{e}"));
         Self {
+            registration_mismatch,
+            registration_checks,
+            registration_last_check,
+            registration_restores,
             forward_events,
             forward_requests,
             change_keys,

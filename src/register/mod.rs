@@ -1,6 +1,9 @@
 //! `pcbridge register`: the tenant's webhook registration with Partner Center — show it,
 //! list the events on offer, create or update it, send a test event and follow its
 //! delivery attempts. Uses the worker's credentials (`partner_center.*`, App-only).
+//! `register watch` ([`guard`]) keeps checking that the registration is still ours.
+
+pub mod guard;
 
 use crate::config::Config;
 use crate::partner_center::client::{ApiClient, ErrorClass, FetchError};
@@ -21,11 +24,18 @@ pub enum RegisterCommand {
     Update(RegisterArgs),
     /// Ask Partner Center to send a test-created event to the registered URL (2 a minute at most).
     Test,
-    /// Show the delivery attempts of a test event.
+    /// Show the delivery attempts of a test event; without one, the last check of the
+    /// registration guard (`register watch`).
     Status {
         /// The correlation id `register test` printed.
-        correlation_id: String,
+        correlation_id: Option<String>,
+        /// The guard's admin URL; default: this configuration's `admin.listen` on this host.
+        #[arg(long, value_name = "URL")]
+        guard: Option<String>,
     },
+    /// Keep checking that the registration is the one in `[registration]`: report a
+    /// change (metric, error log) and, with `registration.restore`, put it back.
+    Watch,
 }
 
 /// What to register.
@@ -67,6 +77,16 @@ pub enum RegisterError {
 
 /// Runs one `register` command and returns what to print.
 pub async fn run(config: &Config, command: RegisterCommand) -> Result<String, RegisterError> {
+    match &command {
+        RegisterCommand::Status { correlation_id: None, guard: url } => {
+            let url = url.clone().unwrap_or_else(|| guard::local_admin_url(config));
+            return guard::fetch_last(&url).await.map(|c| guard::describe(&c)).map_err(RegisterError::Refused);
+        }
+        RegisterCommand::Watch => {
+            return Err(RegisterError::Usage("`register watch` runs until stopped; start it from the CLI".into()));
+        }
+        _ => {}
+    }
     let base = config.partner_center.base_url.clone();
     let client = ApiClient::new(config, Arc::new(Metrics::new()))?;
     let api = RegistrationApi::new(client);
@@ -98,7 +118,14 @@ pub async fn run(config: &Config, command: RegisterCommand) -> Result<String, Re
             }
             Err(e) => Err(explain(e)),
         },
-        RegisterCommand::Status { correlation_id } => match api.status(&correlation_id).await.map_err(explain)? {
+        RegisterCommand::Status { correlation_id: None, .. } | RegisterCommand::Watch => {
+            Err(RegisterError::Usage("handled above".into()))
+        }
+        RegisterCommand::Status { correlation_id: Some(correlation_id), .. } => match api
+            .status(&correlation_id)
+            .await
+            .map_err(explain)?
+        {
             Some(v) => Ok(describe_validation(&v)),
             None => Err(RegisterError::Refused(format!(
                 "Partner Center knows no test event {correlation_id:?} (it keeps them for 7 days)."
