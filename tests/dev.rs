@@ -38,6 +38,9 @@ async fn run(mut cmd: Command) -> Run {
 async fn clean_dev_run(bus: &Bus, prefix: &str) -> pcbridge::config::Config {
     let mut config = pcbridge::config::Config::default();
     config.broker.prefix = prefix.to_string();
+    // The forwarder's copy for dev's second receiver, and its member slots.
+    let receiver = pcbridge::config::ReceiverConfig::default();
+    config.forward.receivers.insert(pcbridge::dev::sharing::RECEIVER.into(), receiver);
     config.rabbitmq.exchange = prefix.trim_end_matches('.').to_string();
     bus.cleanup(&config, &output_queues(&config)).await;
     config
@@ -64,12 +67,27 @@ fn assert_whole_run(r: &Run, count: usize) {
     assert!(r.stdout.contains("event types sent: 24"), "{}", r.stdout);
 }
 
+/// The sharing of the one registration: every event forwarded to the second receiver,
+/// each signature verified there, and the overwritten registration noticed.
+fn assert_shared(r: &Run, count: usize) {
+    let forwarded = format!("forwarding: all {count} published events reached dev-receiver");
+    assert!(r.stdout.contains(&forwarded), "{forwarded}:\n{}", r.stdout);
+    assert!(r.stdout.contains("signatures verified against the simulator's certificate, 0 failed"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("the guard noticed") && r.stdout.contains("webhook URL is https://cipp.example.invalid"),
+        "{}",
+        r.stdout
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_runs_the_whole_pipeline_on_the_embedded_kafka() {
     let mut cmd = pcbridge();
     cmd.args(["dev", "--count", "60", "--rate", "40", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
     let r = run(cmd).await;
     assert_whole_run(&r, 60);
+    assert_shared(&r, 60);
+    assert!(r.stdout.contains("left as it is"), "restore is off by default: {}", r.stdout);
     assert!(r.stdout.contains("embedded Kafka (librdkafka mock cluster)"), "{}", r.stdout);
     // The simulator throttled some requests by default, and the worker got through them.
     assert!(r.stdout.contains("throttled)"), "{}", r.stdout);
@@ -82,7 +100,7 @@ async fn dev_runs_the_whole_pipeline_on_rabbitmq() {
     let mut cmd = pcbridge();
     cmd.args(["dev", "--broker", "rabbitmq", "--count", "48", "--rate", "40", "--quiet"])
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--rabbitmq-prefix", &prefix])
-        .args(["--throttle-percent", "0"]);
+        .args(["--throttle-percent", "0", "--restore-registration"]);
     let r = run(cmd).await;
     // Leave nothing behind in the shared RabbitMQ.
     let config = clean_dev_run(&bus, &prefix).await;
@@ -91,6 +109,8 @@ async fn dev_runs_the_whole_pipeline_on_rabbitmq() {
     assert!(!r.stdout.contains(" published (200) in "), "--quiet prints no line per event");
     assert!(r.stdout.contains("sent 48 · published 48 "), "{}", r.stdout);
     assert!(r.stdout.contains("still waiting: 0 · duplicates: 0"), "{}", r.stdout);
+    assert_shared(&r, 48);
+    assert!(r.stdout.contains("registration: restored"), "--restore-registration: {}", r.stdout);
     assert!(
         r.stdout.contains(&format!("RabbitMQ at amqp://127.0.0.1:5672/%2f (exchange {}", config.rabbitmq.exchange))
     );
@@ -147,6 +167,7 @@ async fn dev_runs_the_whole_pipeline_over_amqp_1_0() {
     clean_dev_run(&bus, &prefix).await;
 
     assert_whole_run(&r, 48);
+    assert!(r.stdout.contains("forward    not on this broker"), "{}", r.stdout);
     assert!(
         r.stdout.contains(&format!(
             "AMQP 1.0 at amqp://127.0.0.1:5672 (addresses /queue/{{destination}}, prefix {prefix})"

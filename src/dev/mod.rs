@@ -8,6 +8,7 @@
 //! - [`sender`]: sends the stream, signed, to a webhook URL at a steady rate.
 //! - [`report`]: per-event lines, progress and the summary.
 //! - [`recovery`]: deliveries Partner Center gives up, recovered by `reconcile`.
+//! - [`sharing`]: forwarding to a second receiver, and the registration guard.
 //! - [`run`]: `pcbridge dev`, everything in one process.
 //! - [`simulate`]: `pcbridge simulate`, Partner Center against any running ingress.
 
@@ -17,5 +18,6 @@ pub mod recovery;
 pub mod report;
 pub mod run;
 pub mod sender;
+pub mod sharing;
 pub mod simulate;
 pub mod simulator;

@@ -1,7 +1,8 @@
 //! `pcbridge dev`: the whole pipeline in one process. An embedded Kafka (librdkafka's
 //! mock cluster) or the configured RabbitMQ, the real ingress and worker, the simulator
-//! as Partner Center, and a downstream reader of the enriched and dead-letter
-//! destinations that reports each event's fate.
+//! as Partner Center, a downstream reader of the enriched and dead-letter destinations
+//! that reports each event's fate, and the sharing of the one registration
+//! ([`super::sharing`]: the forwarder, a second receiver, the registration guard).
 //!
 //! Only configuration ties them together: the ingress trusts the simulator's CA, issuer
 //! and certificate URL; the worker's API, Graph and token base URLs point at it.
@@ -62,6 +63,13 @@ pub struct DevArgs {
     /// (needs PostgreSQL: reconcile.store_url, else the local one).
     #[arg(long, default_value_t = 0)]
     pub give_up_percent: u32,
+    /// Seconds after the start when the simulator overwrites the webhook registration,
+    /// as another receiver (CIPP) saving its own does; the registration guard reports it.
+    #[arg(long, default_value_t = 2)]
+    pub overwrite_registration_after: u64,
+    /// Let the registration guard put the overwritten registration back.
+    #[arg(long)]
+    pub restore_registration: bool,
 }
 
 /// The change store of `dev --give-up-percent` when `reconcile.store_url` names none:
@@ -96,6 +104,10 @@ pub enum DevError {
     /// once.
     #[error("{0}")]
     Unrecovered(String),
+    /// Forwarding or the registration guard did not do what it shows (an event not
+    /// forwarded, a signature that did not verify, an overwrite not seen).
+    #[error("{0}")]
+    Sharing(String),
 }
 
 /// Runs the demonstration; an error when an event was refused or never came out.
@@ -107,7 +119,7 @@ pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) ->
         gone_percent: args.gone_percent.min(100),
         ..Default::default()
     };
-    let sim = Simulator::start(pki, options).await.map_err(|e| err(e.to_string()))?;
+    let sim = Arc::new(Simulator::start(pki, options).await.map_err(|e| err(e.to_string()))?);
     let workdir = std::env::temp_dir().join(format!("pcbridge-dev-{}", std::process::id()));
     let anchors = write_ca(&sim, &workdir)?;
 
@@ -141,6 +153,10 @@ pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) ->
         ),
     };
     let webhook = format!("http://{}{}", pipeline.webhook_addr, crate::ingress::WEBHOOK_PATH);
+    let overwrite_after = Duration::from_secs(args.overwrite_registration_after);
+    let sharing = super::sharing::start(&config, &sim, &webhook, overwrite_after, args.restore_registration)
+        .await
+        .map_err(DevError::Start)?;
     println!("pcbridge dev — the whole pipeline in this process");
     println!("  broker     {broker_line}");
     println!("  ingress    {webhook}   (metrics http://{}/metrics)", pipeline.ingress_admin);
@@ -150,6 +166,7 @@ pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) ->
         sim.base_url(),
         sim.certificate_url()
     );
+    print!("{}", sharing.banner(overwrite_after));
     if args.give_up_percent > 0 {
         println!(
             "  store      {} table {} (Partner Center gives up on {} % of subscription-updated deliveries)",
@@ -188,9 +205,12 @@ pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) ->
     while tracker.totals().waiting() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    sharing.wait(tracker.totals().published, deadline).await;
     progress_stop.cancel();
     let _ = progress.await;
     print!("{}", tracker.summary());
+    let (shared, sharing_problems) = sharing.summary(tracker.totals().published);
+    print!("{shared}");
     let recovery = if args.give_up_percent > 0 && give_ups.counts().given_up > 0 {
         Some(recover(&config, &give_ups, wait).await)
     } else {
@@ -201,6 +221,7 @@ pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) ->
         "  simulator: {} API requests ({} throttled), {} token requests, {} certificate downloads",
         stats.api_requests, stats.throttled, stats.token_requests, stats.certificate_downloads
     );
+    sharing.stop().await;
     pipeline.stop().await;
     observer.abort();
     let _ = std::fs::remove_dir_all(&workdir);
@@ -219,6 +240,7 @@ pub async fn run(config: Config, args: DevArgs, interrupt: CancellationToken) ->
     let totals = tracker.totals();
     let refused: u64 = totals.refused.values().sum();
     match (refused, totals.waiting()) {
+        (0, 0) if !sharing_problems.is_empty() => Err(DevError::Sharing(sharing_problems.join("; "))),
         (0, 0) => Ok(()),
         (refused, missing) => Err(DevError::Lost { refused, missing, within: human(wait) }),
     }
@@ -402,6 +424,7 @@ fn all_destinations(config: &Config) -> Vec<String> {
     let stems = worker::stems(config);
     let mut all = d.sources(&stems);
     all.extend(d.outputs(&stems));
+    all.extend([d.forward(super::sharing::RECEIVER), d.forward_dead_letter(super::sharing::RECEIVER)]);
     all
 }
 

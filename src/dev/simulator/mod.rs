@@ -205,6 +205,13 @@ impl Simulator {
         }
     }
 
+    /// Replaces the tenant's registration with `webhook_url` for `events`, as another
+    /// receiver saving its own registration does (CIPP at start-up): Partner Center
+    /// keeps one registration, and says nothing to the one it replaced.
+    pub fn overwrite_registration(&self, webhook_url: &str, events: &[&str]) {
+        self.shared.lock().registration.overwrite(webhook_url, events);
+    }
+
     pub fn stats(&self) -> Stats {
         self.shared.lock().stats
     }

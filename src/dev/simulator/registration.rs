@@ -43,6 +43,16 @@ impl Registrations {
         self.validations.insert(correlation_id.to_string(), Validation { status, webhook_url, attempts: Vec::new() });
     }
 
+    /// Stores another receiver's registration in place of the current one.
+    pub(crate) fn overwrite(&mut self, webhook_url: &str, events: &[&str]) {
+        self.current = Some(json!({
+            "SubscriberId": super::TENANT_ID,
+            "WebhookUrl": webhook_url,
+            "WebhookEvents": events,
+            "SignatureTokenToMsSignatureHeader": false,
+        }));
+    }
+
     fn view(&self, correlation_id: &str) -> Option<Value> {
         let v = self.validations.get(correlation_id)?;
         Some(json!({
