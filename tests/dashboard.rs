@@ -21,6 +21,10 @@ fn exported() -> BTreeSet<String> {
     m.consumer_lag.with_label_values(&["x", "0"]).set(1);
     m.ingress_request_duration.with_label_values(&["x"]).observe(0.1);
     m.worker_event_age.with_label_values(&["x"]).observe(0.1);
+    m.forward_events.with_label_values(&["x", "delivered"]).inc();
+    m.forward_requests.with_label_values(&["x", "2xx"]).inc();
+    m.registration_checks.with_label_values(&["match"]).inc();
+    m.registration_restores.with_label_values(&["restored"]).inc();
     m.render()
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -49,7 +53,7 @@ fn dashboard_covers_every_metric_and_invents_none() {
         .map(|w| w.trim_end_matches("_bucket").trim_end_matches("_count").trim_end_matches("_sum").to_string())
         .collect();
     let exported = exported();
-    assert_eq!(exported.len(), 19, "{exported:?}");
+    assert_eq!(exported.len(), 25, "{exported:?}");
     // The process collector's families (Linux): the ones an operator charts.
     for family in ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"] {
         assert!(Metrics::new().render().contains(family), "{family} is exported");
