@@ -78,9 +78,11 @@ elif crd_docs:
     err("renders CRD objects (" + ", ".join(sorted({d["kind"] for d in crd_docs}))
         + "): plain overlays must apply to a bare cluster; use components")
 
-# -full overlays add components/reconcile: a CronJob and its NetworkPolicy.
-want = {"ServiceAccount": 1, "ConfigMap": 1, "Service": 2, "Deployment": 2, "PodDisruptionBudget": 2,
-        "Ingress": 1, "NetworkPolicy": 3 if full else 2, "CronJob": 1 if full else 0}
+# -full overlays add components/reconcile (a CronJob and its NetworkPolicy) and
+# components/forwarding (the forwarder and the guard: a Deployment, a Service and a
+# NetworkPolicy each).
+want = {"ServiceAccount": 1, "ConfigMap": 1, "Service": 4 if full else 2, "Deployment": 4 if full else 2,
+        "PodDisruptionBudget": 2, "Ingress": 1, "NetworkPolicy": 5 if full else 2, "CronJob": 1 if full else 0}
 for k, n in want.items():
     if len(kind(k)) != n:
         err(f"expected {n} {k}, found {len(kind(k))}")
@@ -117,14 +119,18 @@ for dname, dep in deployments.items():
     pod = spec["template"]["spec"]
     pod_labels = spec["template"]["metadata"]["labels"]
     where = f"Deployment {dname}"
-    if "replicas" in spec:
+    # A singleton (the registration guard): one replica, never two at once, no autoscaler.
+    singleton = spec.get("replicas") == 1 and spec.get("strategy", {}).get("type") == "Recreate"
+    if "replicas" in spec and not singleton:
         err(f"{where} sets replicas: its autoscaler owns the count")
     owners = [f"HPA {h['metadata']['name']}" for h in hpas
               if h["spec"]["scaleTargetRef"].get("kind") == "Deployment" and h["spec"]["scaleTargetRef"]["name"] == dname]
     owners += [f"ScaledObject {s['metadata']['name']}" for s in scaled
                if s["spec"]["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
                and s["spec"]["scaleTargetRef"]["name"] == dname]
-    if len(owners) != 1:
+    if singleton and owners:
+        err(f"{where} is a singleton (replicas 1, Recreate) but {', '.join(owners)} scale it")
+    elif not singleton and len(owners) != 1:
         err(f"{where} has {len(owners)} autoscalers ({', '.join(owners) or 'none'}); exactly one must own it")
     if pod.get("securityContext", {}).get("runAsNonRoot") is not True:
         err(f"{where}: runAsNonRoot is not true")
@@ -159,9 +165,11 @@ for dname, dep in deployments.items():
             ref = e.get("valueFrom", {}).get("secretKeyRef")
             if ref and ref["name"] == "pcbridge-secrets" and ref["key"] not in secret_keys:
                 err(f"{where}: env {e['name']} reads key {ref['key']}, missing from examples/pcbridge-secrets.yaml")
+        # The forwarder also reads its receivers from pcbridge-forward (examples/).
+        allowed = {"pcbridge-secrets"} | ({"pcbridge-forward"} if dname == "pcbridge-forward" else set())
         for e in c.get("envFrom", []):
-            if "secretRef" in e and e["secretRef"]["name"] != "pcbridge-secrets":
-                err(f"{where}: envFrom Secret {e['secretRef']['name']} is not pcbridge-secrets")
+            if "secretRef" in e and e["secretRef"]["name"] not in allowed:
+                err(f"{where}: envFrom Secret {e['secretRef']['name']} is not one of {sorted(allowed)}")
     spread = {t["topologyKey"]: t for t in pod.get("topologySpreadConstraints", [])}
     for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname"):
         t = spread.get(key)

@@ -210,8 +210,9 @@ fn pod_env(
     container: &Value,
     image: &Image,
     objects: &[Value],
-    secret: &(String, BTreeMap<String, String>),
+    secrets: &[(String, BTreeMap<String, String>)],
 ) -> BTreeMap<String, String> {
+    let secret = &secrets[0];
     let mut env = BTreeMap::from([
         ("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
         ("HOSTNAME".to_string(), "pcbridge-pod-test".to_string()),
@@ -219,8 +220,11 @@ fn pod_env(
     env.extend(image.env.clone());
     for from in container["envFrom"].as_array().into_iter().flatten() {
         if let Some(name) = from["secretRef"]["name"].as_str() {
-            assert_eq!(name, secret.0, "envFrom names the documented Secret");
-            env.extend(secret.1.clone());
+            let (_, values) = secrets
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("envFrom Secret {name} is none of the documented examples"));
+            env.extend(values.clone());
         } else if from["configMapRef"].is_object() {
             let name = text(&from["configMapRef"]["name"]);
             let cm = of_kind(objects, "ConfigMap")
@@ -351,51 +355,67 @@ async fn run_overlay(overlay: &str, broker: &Broker) {
         let containers = pod["containers"].as_array().expect("containers");
         assert_eq!(containers.len(), 1, "{name}: one container");
         let container = &containers[0];
-        let mut env = pod_env(container, &image, &objects, &secret);
+        let mut env = pod_env(container, &image, &objects, std::slice::from_ref(&secret));
         broker_overrides(&mut env, broker);
 
-        let (mut child, config_dir, log) = start_container(&name, pod, container, &objects, &image, &env);
-
-        let started = pass_probe(&mut child, container, "startupProbe", &log).await;
-        let ready = pass_probe(&mut child, container, "readinessProbe", &log).await;
-        pass_probe(&mut child, container, "livenessProbe", &log).await;
-        // Prometheus scrapes the admin port.
-        let admin = container["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["name"] == "admin")
-            .map(|p| text(&p["containerPort"]))
-            .expect("admin port");
-        let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.expect("metrics");
-        assert!(metrics.status().is_success());
-        assert!(metrics.text().await.unwrap_or_default().contains("pcbridge_build_info"));
-
-        let grace = Duration::from_secs(pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30));
-        let term = Instant::now();
-        // SAFETY: signalling our own child, which `exec` made the pcbridge process.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("wait") {
-                break s;
-            }
-            if term.elapsed() > grace {
-                let _ = child.kill();
-                panic!("{name}: still running {grace:?} after SIGTERM (the kubelet would SIGKILL):\n{}", read(&log));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let stopped = term.elapsed();
-        assert!(status.success(), "{name}: exit status {status} after SIGTERM:\n{}", read(&log));
-        eprintln!(
-            "{overlay}/{name}: started in {started:?}, ready {ready:?} later, exited {stopped:?} after SIGTERM ({}); \
-             {} service-link variables injected",
-            if is_root() { "ConfigMap mounted, root read-only, uid switched" } else { "ConfigMap path rewritten" },
-            links.len()
-        );
-        let _ = std::fs::remove_dir_all(&config_dir);
-        let _ = std::fs::remove_file(&log);
+        run_pod(overlay, &name, pod, container, &objects, &image, &env, links.len()).await;
     }
+}
+
+/// Runs one Deployment's pod as the kubelet would: its probes pass, Prometheus can
+/// scrape it, and it exits 0 within the grace period after SIGTERM.
+#[allow(clippy::too_many_arguments, reason = "a pod's whole description, as the kubelet reads it")]
+async fn run_pod(
+    overlay: &str,
+    name: &str,
+    pod: &Value,
+    container: &Value,
+    objects: &[Value],
+    image: &Image,
+    env: &BTreeMap<String, String>,
+    links: usize,
+) {
+    let (mut child, config_dir, log) = start_container(name, pod, container, objects, image, env);
+
+    let started = pass_probe(&mut child, container, "startupProbe", &log).await;
+    let ready = pass_probe(&mut child, container, "readinessProbe", &log).await;
+    pass_probe(&mut child, container, "livenessProbe", &log).await;
+    // Prometheus scrapes the admin port.
+    let admin = container["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "admin")
+        .map(|p| text(&p["containerPort"]))
+        .expect("admin port");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.expect("metrics");
+    assert!(metrics.status().is_success());
+    assert!(metrics.text().await.unwrap_or_default().contains("pcbridge_build_info"));
+
+    let grace = Duration::from_secs(pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30));
+    let term = Instant::now();
+    // SAFETY: signalling our own child, which `exec` made the pcbridge process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if term.elapsed() > grace {
+            let _ = child.kill();
+            panic!("{name}: still running {grace:?} after SIGTERM (the kubelet would SIGKILL):\n{}", read(&log));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stopped = term.elapsed();
+    assert!(status.success(), "{name}: exit status {status} after SIGTERM:\n{}", read(&log));
+    eprintln!(
+        "{overlay}/{name}: started in {started:?}, ready {ready:?} later, exited {stopped:?} after SIGTERM ({}); \
+             {} service-link variables injected",
+        if is_root() { "ConfigMap mounted, root read-only, uid switched" } else { "ConfigMap path rewritten" },
+        links
+    );
+    let _ = std::fs::remove_dir_all(&config_dir);
+    let _ = std::fs::remove_file(&log);
 }
 
 /// Starts `container` of `pod` as the kubelet would (see the module doc), with `env` as
@@ -523,6 +543,70 @@ async fn rabbitmq_overlay_pods_run_as_the_kubelet_runs_them() {
     common::bus::rabbitmq::cleanup(&conn, &config, &common::bus::output_queues(&config)).await;
 }
 
+/// The example Secret of components/forwarding (`examples/pcbridge-forward.yaml`): its
+/// receivers, as written (their URLs are placeholders the forwarder never reaches here).
+fn forward_secret_fixture() -> (String, BTreeMap<String, String>) {
+    let path = repo().join("deploy/kubernetes/examples/pcbridge-forward.yaml");
+    let docs = yaml_documents(&std::fs::read_to_string(&path).expect("example Secret"));
+    let secret = docs.iter().find(|d| d["kind"] == "Secret").expect("a Secret in the example");
+    let keys = secret["stringData"].as_object().expect("stringData");
+    (text(&secret["metadata"]["name"]), keys.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+}
+
+/// components/forwarding's two Deployments, each run as its pod: the forwarder (the
+/// worker's broker environment, its receivers from the example Secret) and the
+/// registration guard (one replica; Partner Center's registration API is the simulator,
+/// with the simulator's app). Both pass their probes and drain on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_pods_run_as_the_kubelet_runs_them() {
+    pcbridge::partner_center::install_crypto_provider();
+    let objects = render(&repo().join("deploy/kubernetes/overlays/rabbitmq-full"));
+    let image = image();
+    let secrets = [secret_fixture(), forward_secret_fixture()];
+    let sim = pcbridge::dev::simulator::Simulator::start(
+        pcbridge::dev::pki::Pki::generate().expect("pki"),
+        pcbridge::dev::simulator::Options::default(),
+    )
+    .await
+    .expect("simulator");
+    let links = service_links(&objects);
+    let _lock = PodLock::take();
+    for name in ["pcbridge-forward", "pcbridge-register-watch"] {
+        let deployment = of_kind(&objects, "Deployment")
+            .into_iter()
+            .find(|d| d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("components/forwarding renders {name}"));
+        let pod = &deployment["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let mut env = pod_env(container, &image, &objects, &secrets);
+        assert_eq!(env.get("PCBRIDGE_BROKER__KIND").map(String::as_str), Some("rabbitmq"), "the worker's broker env");
+        broker_overrides(&mut env, &Broker { kafka_bootstrap: String::new() });
+        if name == "pcbridge-forward" {
+            assert!(env.contains_key("PCBRIDGE_FORWARD__RECEIVERS__CIPP__URL"), "the receivers' Secret");
+        } else {
+            assert_eq!(deployment["spec"]["replicas"], 1, "one guard");
+            for (key, value) in [
+                ("PCBRIDGE_PARTNER_CENTER__BASE_URL", sim.base_url().to_string()),
+                ("PCBRIDGE_PARTNER_CENTER__TOKEN_BASE_URL", sim.base_url().to_string()),
+                ("PCBRIDGE_PARTNER_CENTER__TENANT_ID", pcbridge::dev::simulator::TENANT_ID.to_string()),
+                ("PCBRIDGE_PARTNER_CENTER__CLIENT_ID", pcbridge::dev::simulator::CLIENT_ID.to_string()),
+                ("PCBRIDGE_PARTNER_CENTER__CLIENT_SECRET", pcbridge::dev::simulator::CLIENT_SECRET.to_string()),
+            ] {
+                env.insert(key.to_string(), value);
+            }
+        }
+        run_pod("rabbitmq-full", name, pod, container, &objects, &image, &env, links.len()).await;
+    }
+    // The forwarder's copies used the manifests' own prefix and exchange: leave the
+    // broker as found.
+    let conn = common::bus::rabbitmq::connect().await;
+    let mut config = pcbridge::config::Config::default();
+    config.rabbitmq.shards = 2;
+    let receiver = pcbridge::config::ReceiverConfig::default();
+    config.forward.receivers.insert("cipp".into(), receiver);
+    common::bus::rabbitmq::cleanup(&conn, &config, &common::bus::output_queues(&config)).await;
+}
+
 /// components/reconcile's CronJob, its container run as the kubelet runs a Job's pod:
 /// the worker's broker environment (copied by the component), the Secret's store URL,
 /// the ConfigMap. It must finish within `activeDeadlineSeconds` and exit 0, having
@@ -539,7 +623,7 @@ async fn reconcile_cronjob_runs_as_the_kubelet_runs_it() {
     let container = &pod["containers"][0];
     let image = image();
     let secret = secret_fixture();
-    let mut env = pod_env(container, &image, &objects, &secret);
+    let mut env = pod_env(container, &image, &objects, std::slice::from_ref(&secret));
     assert_eq!(env.get("PCBRIDGE_BROKER__KIND").map(String::as_str), Some("rabbitmq"), "the worker's broker env");
     broker_overrides(&mut env, &Broker { kafka_bootstrap: String::new() });
     let api = common::pc_api::PcApi::start().await;

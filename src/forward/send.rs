@@ -6,7 +6,7 @@
 use crate::broker::Delivery;
 use crate::config::{ForwardConfig, ReceiverConfig};
 use crate::contract::headers;
-use crate::partner_center::{client::retry_after, signature};
+use crate::partner_center::{client::retry_after, error_chain, signature};
 use crate::telemetry::metrics::forward_result;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
@@ -171,18 +171,6 @@ fn classify(status: reqwest::StatusCode, headers: &HeaderMap) -> Answer {
         400..=499 => Answer::Permanent { reason, result: forward_result::CLIENT_ERROR },
         _ => Answer::Retry { reason, result: forward_result::SERVER_ERROR, after: retry_after(headers) },
     }
-}
-
-/// An error and its causes on one line (reqwest's own message names only the URL).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Reads `Name: value` lines; blank lines and `#` comments are skipped.
