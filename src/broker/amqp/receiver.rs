@@ -36,6 +36,10 @@ const SESSION_FILTER_CODE: u64 = 0x0000_0137_0000_000C;
 /// session available, or a transient error).
 const SESSION_RETRY: Duration = Duration::from_secs(1);
 
+/// How long a session link that withdrew its credit waits for deliveries already on
+/// their way before it detaches (at least `amqp.session_idle_ms`).
+const DRAIN_GRACE: Duration = Duration::from_millis(250);
+
 /// Where a receiving task hands its deliveries, and how many it may hold.
 #[derive(Clone)]
 pub(super) struct Sink {
@@ -156,8 +160,11 @@ async fn pump(source: &str, receiver: &mut Receiver, sink: &Sink, idle: Option<D
     let mut settled_since_flow = 0u32;
     let refill_at = (prefetch / 4).max(1);
     receiver.set_credit(prefetch).await.map_err(|e| format!("{source}: credit: {e}"))?;
+    // Session links only: the link went idle and its credit was withdrawn; what the
+    // broker had already sent still arrives within the grace before the link detaches.
+    let mut draining = false;
     let result = loop {
-        let idle_for = idle.filter(|_| unsettled.is_empty());
+        let idle_for = idle.filter(|_| unsettled.is_empty()).map(|d| if draining { d.max(DRAIN_GRACE) } else { d });
         tokio::select! {
             biased;
             () = sink.stop.cancelled() => break Ok(Pumped::Stopped),
@@ -167,7 +174,7 @@ async fn pump(source: &str, receiver: &mut Receiver, sink: &Sink, idle: Option<D
                     break Err(format!("{source}: accept: {e}"));
                 }
                 settled_since_flow += 1;
-                if settled_since_flow >= refill_at {
+                if settled_since_flow >= refill_at && !draining {
                     settled_since_flow = 0;
                     let credit = prefetch.saturating_sub(unsettled.len() as u32);
                     if let Err(e) = receiver.set_credit(credit).await {
@@ -188,9 +195,29 @@ async fn pump(source: &str, receiver: &mut Receiver, sink: &Sink, idle: Option<D
                 if sink.tx.send(to_delivery(source, message, token)).await.is_err() {
                     break Ok(Pumped::Stopped);
                 }
+                if draining {
+                    // Not idle after all: keep the session, and the credit.
+                    draining = false;
+                    settled_since_flow = 0;
+                    let credit = prefetch.saturating_sub(unsettled.len() as u32);
+                    if let Err(e) = receiver.set_credit(credit).await {
+                        break Err(format!("{source}: credit: {e}"));
+                    }
+                }
             }
             () = async { if let Some(d) = idle_for { tokio::time::sleep(d).await } else { std::future::pending().await } } => {
-                break Ok(Pumped::Idle);
+                if draining {
+                    break Ok(Pumped::Idle);
+                }
+                // Withdraw the credit before letting the session go. A message the
+                // broker sent meanwhile would otherwise reach a link about to detach,
+                // unsettled: Service Bus redelivers it only when its lock expires, and
+                // RabbitMQ's AMQP 1.0 plugin not before the AMQP session ends (the
+                // session outlives its links here), so it sat there unseen.
+                if let Err(e) = receiver.set_credit(0).await {
+                    break Err(format!("{source}: credit: {e}"));
+                }
+                draining = true;
             }
         }
     };
