@@ -263,6 +263,41 @@ pub async fn connect(
     })
 }
 
+/// How [`publish_until_confirmed`] ended.
+pub enum Published {
+    Confirmed,
+    /// `abandon` was cancelled (shutting down past the deadline): the caller leaves its
+    /// delivery unacknowledged.
+    Abandoned,
+    /// The broker answered and refused this message (retrying the same bytes cannot help).
+    Refused(String),
+}
+
+/// Publishes `message`, retrying while the broker is unavailable or slow (delays from
+/// 100 ms doubling to 5 s, jittered), until it is confirmed, refused — only when
+/// `may_refuse`; otherwise a refusal is retried like any failure — or `abandon` is
+/// cancelled. For a role's outputs, whose delivery is acknowledged only once they are in.
+pub async fn publish_until_confirmed(
+    publisher: &dyn Publisher,
+    message: &Message,
+    may_refuse: bool,
+    abandon: &tokio_util::sync::CancellationToken,
+) -> Published {
+    let mut delays = reconnect_delays(Duration::from_secs(5));
+    loop {
+        match publisher.publish(message).await {
+            Ok(()) => return Published::Confirmed,
+            Err(PublishError::Rejected(reason)) if may_refuse => return Published::Refused(reason),
+            Err(e) => tracing::warn!(destination = %message.destination, error = %e, "publish failed; retrying"),
+        }
+        tokio::select! {
+            biased;
+            () = abandon.cancelled() => return Published::Abandoned,
+            () = tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))) => {}
+        }
+    }
+}
+
 /// Delays between reconnection attempts of a broker client: from 100 ms, doubling up to
 /// `max`, jittered so that many clients do not reconnect in step after a broker restart;
 /// never giving up.

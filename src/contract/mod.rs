@@ -3,8 +3,8 @@
 //! that names one Partner Center change on every path ([`change_key`]), how
 //! destinations are named ([`destinations`]) and split into shards on RabbitMQ
 //! ([`shards`]), the raw message of a change on either
-//! path ([`raw`]), and the enriched envelope with its enrichment statuses and
-//! dead-letter kinds ([`envelope`]).
+//! path ([`raw`]), what its outputs carry from it and the dead letter ([`outputs`]), and
+//! the enriched envelope with its enrichment statuses and dead-letter kinds ([`envelope`]).
 //!
 //! Downstream services depend on these names; `docs/message-contract.md` documents
 //! them, and a change here is an interface change (CHANGELOG.md). The ingress, the
@@ -16,5 +16,6 @@ pub mod cloud_event;
 pub mod destinations;
 pub mod envelope;
 pub mod headers;
+pub mod outputs;
 pub mod raw;
 pub mod shards;

@@ -3,12 +3,13 @@
 //! answer is permanent or the retry budget is spent, and acknowledged only then.
 
 use super::send::{Answer, Receiver};
-use crate::broker::{CloudEvent, Consumer, Delivery, Message, Publisher, ordered};
+use crate::broker::{Consumer, Delivery, Message, Published, Publisher, ordered, publish_until_confirmed};
 use crate::config::Config;
 use crate::contract::{
-    destinations::{DEAD_LETTER_TYPE_SUFFIX, Destinations, cloud_event_type},
+    destinations::Destinations,
     envelope::error_kind,
     headers,
+    outputs::{self, Failure, Identity},
 };
 use crate::partner_center::event::event_id;
 use crate::shutdown::CancellationToken;
@@ -110,9 +111,14 @@ impl Pipeline {
                     Sent::DeadLetter { kind, reason, attempts } => {
                         slot.release();
                         tracing::warn!(kind, reason, attempts, "dead-lettering for this receiver");
-                        let message = self.dead_letter(&d, &event_id, &event_name, kind, &reason, attempts);
-                        if !self.publish_until_confirmed(&message).await {
-                            return;
+                        let received_at = d.header(headers::RECEIVED_AT).unwrap_or_default().to_string();
+                        let who = Identity { event_id: event_id.clone(), event_name: event_name.clone(), received_at };
+                        let message = self.dead_letter(&d, &who, &Failure { kind, reason: &reason, attempts });
+                        // There is nowhere else for it to go: a refusal is retried too,
+                        // as acknowledging without it would lose the event for this receiver.
+                        match publish_until_confirmed(self.publisher.as_ref(), &message, false, &self.abandon).await {
+                            Published::Confirmed => {}
+                            Published::Abandoned | Published::Refused(_) => return,
                         }
                         forward_outcome::DEAD_LETTERED
                     }
@@ -179,59 +185,10 @@ impl Pipeline {
 
     /// `{prefix}forward.{receiver}.dead-letter`: the raw body and headers, plus why, after
     /// how many attempts, and for which receiver.
-    fn dead_letter(
-        &self,
-        d: &Delivery,
-        event_id: &str,
-        event_name: &str,
-        kind: &str,
-        reason: &str,
-        attempts: u32,
-    ) -> Message {
-        let one_line: String = reason.replace(['\r', '\n'], " ").chars().take(1000).collect();
-        let mut list = d.headers.clone();
-        list.retain(|(k, _)| !headers::DEAD_LETTER_ONLY.contains(&k.as_str()) && k != headers::TRACEPARENT);
-        list.push((headers::TRACEPARENT.into(), headers::outgoing_traceparent(d.header(headers::TRACEPARENT))));
-        list.push((headers::ERROR_KIND.into(), kind.into()));
-        list.push((headers::ERROR.into(), one_line));
-        list.push((headers::ATTEMPTS.into(), attempts.to_string()));
-        list.push((headers::RECEIVER.into(), self.receiver.name.clone()));
-        let cloud_event = match &d.cloud_event {
-            Some(ce) => CloudEvent { ty: format!("{}{DEAD_LETTER_TYPE_SUFFIX}", ce.ty), ..ce.clone() },
-            None => CloudEvent {
-                id: event_id.to_string(),
-                source: self.source.clone(),
-                ty: format!("{}{DEAD_LETTER_TYPE_SUFFIX}", cloud_event_type(event_name)),
-                subject: None,
-                time: None,
-            },
-        };
-        Message {
-            destination: self.destinations.forward_dead_letter(&self.receiver.name),
-            key: d.key.clone(),
-            id: event_id.to_string(),
-            headers: list,
-            cloud_event,
-            content_type: crate::contract::cloud_event::CONTENT_TYPE,
-            body: d.body.clone(),
-        }
-    }
-
-    /// Publishes a dead letter, retrying while the broker is unavailable, until
-    /// confirmed (`true`) or abandoned at shutdown. There is nowhere else for it to go:
-    /// acknowledging without it would lose the event for this receiver.
-    async fn publish_until_confirmed(&self, message: &Message) -> bool {
-        let mut delays = crate::broker::reconnect_delays(Duration::from_secs(5));
-        loop {
-            match self.publisher.publish(message).await {
-                Ok(()) => return true,
-                Err(e) => tracing::warn!(destination = %message.destination, error = %e, "publish failed; retrying"),
-            }
-            tokio::select! {
-                biased;
-                () = self.abandon.cancelled() => return false,
-                () = tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))) => {}
-            }
-        }
+    fn dead_letter(&self, d: &Delivery, who: &Identity, failure: &Failure<'_>) -> Message {
+        let destination = self.destinations.forward_dead_letter(&self.receiver.name);
+        let mut message = outputs::dead_letter(d, who, failure, destination, &self.source);
+        message.headers.push((headers::RECEIVER.into(), self.receiver.name.clone()));
+        message
     }
 }

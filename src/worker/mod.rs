@@ -16,7 +16,7 @@ mod start;
 pub use start::{MissingCredentials, WorkerError, check_credentials, missing_credentials, sources, start, stems};
 
 use crate::broker::{
-    Consumer, Delivery, Message, PublishError, Publisher,
+    self, Consumer, Delivery, Message, Published, Publisher,
     ordered::{self, Slot},
 };
 use crate::config::Config;
@@ -32,7 +32,6 @@ use crate::partner_center::{
 };
 use crate::shutdown::CancellationToken;
 use crate::telemetry::{Metrics, worker_outcome};
-use backon::{BackoffBuilder, ExponentialBuilder};
 use dedup::Dedup;
 use enrich::{Enricher, Failure, RawEvent};
 use output::Identity;
@@ -207,36 +206,10 @@ fn identify(d: &Delivery) -> Identity {
     Identity { event_id, event_name, received_at }
 }
 
-/// How a publish ended.
-enum Published {
-    Confirmed,
-    /// Shutting down past the deadline: the delivery stays unacknowledged.
-    Abandoned,
-    /// The broker answered and refused this message (retrying the same bytes cannot help).
-    Refused(String),
-}
-
-/// Publishes, retrying while the broker is unavailable or slow, until confirmed, refused,
-/// or abandoned at shutdown. A refused dead letter is retried too: there is nowhere else
-/// for it to go, and acknowledging it would lose the event.
+/// Publishes until confirmed, refused or abandoned ([`broker::publish_until_confirmed`]).
+/// A refused dead letter is retried too: there is nowhere else for it to go, and
+/// acknowledging it would lose the event.
 async fn publish_until_confirmed(state: &WorkerState, message: &Message) -> Published {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build();
-    let is_dead_letter = message.destination == state.destinations.dead_letter();
-    loop {
-        match state.publisher.publish(message).await {
-            Ok(()) => return Published::Confirmed,
-            Err(PublishError::Rejected(reason)) if !is_dead_letter => return Published::Refused(reason),
-            Err(e) => tracing::warn!(destination = %message.destination, error = %e, "publish failed; retrying"),
-        }
-        tokio::select! {
-            biased;
-            () = state.abandon.cancelled() => return Published::Abandoned,
-            () = tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))) => {}
-        }
-    }
+    let may_refuse = message.destination != state.destinations.dead_letter();
+    broker::publish_until_confirmed(state.publisher.as_ref(), message, may_refuse, &state.abandon).await
 }
