@@ -1,6 +1,7 @@
 //! `pcbridge check`: validates the configuration and reaches every dependency it names —
-//! the broker, the Entra ID token endpoint (when credentials are configured) and,
-//! optionally, a certificate URL — printing one line per check. Nothing is changed.
+//! the broker, the Entra ID token endpoint (when credentials are configured), the change
+//! store, each forwarding receiver and, optionally, a certificate URL — printing one line
+//! per check. Nothing is changed, and nothing is delivered.
 
 use crate::broker;
 use crate::config::Config;
@@ -51,6 +52,7 @@ pub async fn run(config: &Config, config_source: &str, certificate_url: Option<&
     }
     checks.push(tokens(config).await);
     checks.push(change_store(config).await);
+    checks.extend(receivers(config).await);
     if let Some(url) = certificate_url {
         checks.push(certificate(config, url).await);
     }
@@ -69,6 +71,35 @@ async fn change_store(config: &Config) -> Check {
         Ok(Err(e)) => Check { name: "store", ok: Some(false), detail: format!("{detail}: {e}") },
         Err(_) => Check { name: "store", ok: Some(false), detail: format!("{detail}: no answer within 15 s") },
     }
+}
+
+/// Each `forward.receivers` entry: its `headers_file` is read and its URL reached with
+/// the client `pcbridge forward` would use (see [`Receiver::probe`]).
+///
+/// [`Receiver::probe`]: crate::forward::send::Receiver::probe
+async fn receivers(config: &Config) -> Vec<Check> {
+    use crate::forward::send::Receiver;
+    let forward = &config.forward;
+    if forward.receivers.is_empty() {
+        return vec![Check { name: "receiver", ok: None, detail: "no forward.receivers configured".into() }];
+    }
+    let mut checks = Vec::with_capacity(forward.receivers.len());
+    for (name, r) in &forward.receivers {
+        let check = match Receiver::new(name, r, forward) {
+            Err(e) => Check { name: "receiver", ok: Some(false), detail: e.to_string() },
+            Ok(receiver) => match receiver.probe().await {
+                // The host alone, as in the forwarder's logs: the URL may carry a key.
+                Ok(answer) => {
+                    Check { name: "receiver", ok: Some(true), detail: format!("{name} at {}: {answer}", receiver.host) }
+                }
+                Err(why) => {
+                    Check { name: "receiver", ok: Some(false), detail: format!("{name} at {}: {why}", receiver.host) }
+                }
+            },
+        };
+        checks.push(check);
+    }
+    checks
 }
 
 /// The destinations of the layout, both roles' (raw, enriched, dead letter): which are

@@ -111,6 +111,60 @@ fn check_output(cmd: &mut Command) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Each forwarding receiver is reached with a `HEAD` (nothing delivered) and the
+/// headers of its `headers_file`; one that does not answer fails the check, by name,
+/// and no line repeats a receiver's URL (its query may hold a key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reaches_each_forward_receiver() {
+    use axum::{Router, http::HeaderMap, http::Method, routing::any};
+    // Each request's method and `x-api-key`.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Method, Option<String>)>>>;
+    let seen: Seen = Default::default();
+    let record = seen.clone();
+    let app = Router::new().fallback(any(move |method: Method, headers: HeaderMap| {
+        let record = record.clone();
+        async move {
+            let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+            record.lock().expect("lock").push((method, key));
+            axum::http::StatusCode::METHOD_NOT_ALLOWED
+        }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let up = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    // A port nothing listens on.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address");
+    let headers_file = std::env::temp_dir().join(format!("pcbridge-check-headers-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&headers_file, "X-Api-Key: k-123\n").expect("write");
+
+    let with_receivers = |c: &mut Command, down_url: &str| {
+        c.arg("check")
+            .env("PCBRIDGE_BROKER__KIND", "rabbitmq")
+            .env("PCBRIDGE_FORWARD__ALLOW_HTTP", "true")
+            .env("PCBRIDGE_FORWARD__RECEIVERS__CIPP__URL", format!("http://{up}/api/webhook?code=s3cret"))
+            .env("PCBRIDGE_FORWARD__RECEIVERS__CIPP__HEADERS_FILE", &headers_file)
+            .env("PCBRIDGE_FORWARD__RECEIVERS__AUDIT__URL", down_url);
+    };
+    let mut cmd = pcbridge();
+    with_receivers(&mut cmd, &format!("http://{down}/hook?code=s3cret"));
+    let (ok, text) = check_output(&mut cmd);
+    assert!(!ok, "a receiver that does not answer fails the check:\n{text}");
+    assert!(text.contains("ok   receiver     cipp at 127.0.0.1: answered HEAD with 405"), "{text}");
+    assert!(text.contains("FAIL receiver     audit at 127.0.0.1: "), "{text}");
+    assert!(!text.contains("s3cret"), "a receiver's URL is not printed: {text}");
+    assert_eq!(*seen.lock().expect("lock"), vec![(Method::HEAD, Some("k-123".to_string()))]);
+
+    // Both answering: the check passes.
+    let mut cmd = pcbridge();
+    with_receivers(&mut cmd, &format!("http://{up}/audit"));
+    let (ok, text) = check_output(&mut cmd);
+    assert!(ok && text.contains("ok   receiver     audit at 127.0.0.1"), "{text}");
+    // Without any receiver, the check says so.
+    let (ok, text) = check_output(pcbridge().arg("check").env("PCBRIDGE_BROKER__KIND", "rabbitmq"));
+    assert!(ok && text.contains("skip receiver     no forward.receivers configured"), "{text}");
+    let _ = std::fs::remove_file(&headers_file);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reaches_every_dependency() {
     let api = common::pc_api::PcApi::start().await;

@@ -69,13 +69,25 @@ fn print_row(name: &str, load: &str, r: &Row) {
     );
 }
 
-fn minimal_args(setup: &Setup, broker: &Broker, serial: bool) -> Vec<String> {
+/// How the minimal pipeline publishes on RabbitMQ.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// Through this run's topic exchange, as the contract makes pcbridge publish.
+    Topic,
+    /// Straight to the queue through the default exchange, as issue 19's reference did.
+    DefaultExchange,
+    /// Through the topic exchange, one publish in flight at a time.
+    TopicSerial,
+}
+
+fn minimal_args(setup: &Setup, broker: &Broker, via: Via) -> Vec<String> {
     let mut a = vec!["serve-minimal".to_string(), setup.cert_der.display().to_string(), broker.prefix.clone()];
     match &broker.kind {
         BrokerSpec::Kafka(bootstrap) => a.extend(["kafka".into(), bootstrap.clone()]),
         BrokerSpec::Rabbit { exchange } => {
-            a.extend(["rabbitmq".into(), RABBITMQ_URL.into(), exchange.clone()]);
-            if serial {
+            let exchange = if via == Via::DefaultExchange { String::new() } else { exchange.clone() };
+            a.extend(["rabbitmq".into(), RABBITMQ_URL.into(), exchange]);
+            if via == Via::TopicSerial {
                 a.push("serial".into());
             }
         }
@@ -151,8 +163,15 @@ pub async fn ingress(broker: Broker) {
         .await;
     rabbit_tidy(&broker, Tidy::Purge).await;
     let bare = servers::reference(&["serve-bare"]);
-    let args = minimal_args(&setup, &broker, false);
-    let minimal = servers::reference(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let reference = |via| {
+        let args = minimal_args(&setup, &broker, via);
+        servers::reference(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let minimal = reference(Via::Topic);
+    let rabbit = matches!(broker.kind, BrokerSpec::Rabbit { .. });
+    // RabbitMQ: also the reference issue 19 was measured against, which skips the topic
+    // exchange the contract routes every message through.
+    let direct = rabbit.then(|| reference(Via::DefaultExchange));
     println!(
         "Broker: {}. Ingress ready {startup:?} after spawn. Corpus: {} distinct signed events.\n",
         broker.name(),
@@ -163,44 +182,49 @@ pub async fn ingress(broker: Broker) {
     println!("### As fast as answers come back ({CLOSED_CONNECTIONS} connections, closed loop, best of {rounds})\n");
     print_header();
     let load = format!("closed, {CLOSED_CONNECTIONS} conn");
-    let mut best = [0.0f64; 3];
-    // Ingress / minimal within each round: the two ran back to back, so a round's ratio
-    // is less exposed to the machine's drift than the ratio of the bests.
-    let mut ratios = Vec::with_capacity(rounds);
+    let mut servers = vec![("bare axum 200", &bare), ("minimal pipeline", &minimal)];
+    if let Some(direct) = &direct {
+        servers.push(("minimal, default exchange", direct));
+    }
+    servers.push(("pcbridge ingress", &ingress));
+    let ingress_at = servers.len() - 1;
+    let mut best = vec![0.0f64; servers.len()];
+    // Ingress / each minimal within each round: they ran back to back, so a round's
+    // ratio is less exposed to the machine's drift than the ratio of the bests.
+    let mut ratios = vec![Vec::with_capacity(rounds); servers.len()];
     for _round in 0..rounds {
-        let mut rates = [0.0f64; 3];
-        for (i, (name, server)) in
-            [("bare axum 200", &bare), ("minimal pipeline", &minimal), ("pcbridge ingress", &ingress)]
-                .into_iter()
-                .enumerate()
-        {
+        let mut rates = vec![0.0f64; servers.len()];
+        for (i, (name, server)) in servers.iter().enumerate() {
             let row = measure(server, &broker, &corpus, Pace::Closed, CLOSED_CONNECTIONS).await;
             print_row(name, &load, &row);
             rates[i] = row.outcome.rate();
             best[i] = best[i].max(rates[i]);
             rabbit_tidy(&broker, Tidy::Purge).await;
         }
-        ratios.push(rates[2] / rates[1]);
+        for i in 1..ingress_at {
+            ratios[i].push(rates[ingress_at] / rates[i]);
+        }
     }
-    ratios.sort_by(f64::total_cmp);
-    let median = ratios[ratios.len() / 2];
-    if matches!(broker.kind, BrokerSpec::Rabbit { .. }) {
-        let args = minimal_args(&setup, &broker, true);
-        let serial = servers::reference(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    if rabbit {
+        let serial = reference(Via::TopicSerial);
         let row = measure(&serial, &broker, &corpus, Pace::Closed, CLOSED_CONNECTIONS).await;
         print_row("minimal, one publish in flight", &load, &row);
         rabbit_tidy(&broker, Tidy::Purge).await;
     }
-    println!(
-        "\nBest events/s: bare {:.0}, minimal {:.0}, ingress {:.0}. Ingress / minimal = **{:.2}**, ingress / bare = {:.3}.\n",
-        best[0],
-        best[1],
-        best[2],
-        best[2] / best[1],
-        best[2] / best[0]
-    );
-    let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-    println!("Ingress / minimal per round, sorted: {}; median **{median:.2}**.\n", listed.join(", "));
+    let listed: Vec<String> = servers.iter().zip(&best).map(|((name, _), b)| format!("{name} {b:.0}")).collect();
+    println!("\nBest events/s: {}. Ingress / bare = {:.3}.\n", listed.join(", "), best[ingress_at] / best[0]);
+    for i in 1..ingress_at {
+        let mut per_round = std::mem::take(&mut ratios[i]);
+        per_round.sort_by(f64::total_cmp);
+        let median = per_round[per_round.len() / 2];
+        let listed: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "Ingress / {}: best against best **{:.2}**; per round, sorted: {}; median **{median:.2}**.\n",
+            servers[i].0,
+            best[ingress_at] / best[i],
+            listed.join(", ")
+        );
+    }
 
     println!("### Fixed rates ({OPEN_CONNECTIONS} connections, open loop)\n");
     print_header();
@@ -223,7 +247,7 @@ pub async fn ingress(broker: Broker) {
         }
     }
     println!("\nIngress peak RSS since start (VmHWM): {:.1} MiB", mib(status_kib(ingress.pid(), "VmHWM")));
-    drop((ingress, minimal, bare));
+    drop((ingress, minimal, direct, bare));
     rabbit_tidy(&broker, Tidy::Delete).await;
 }
 

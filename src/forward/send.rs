@@ -141,12 +141,26 @@ impl Receiver {
             Err(e) if e.is_timeout() => {
                 Answer::Retry { reason: "no answer in time".into(), result: forward_result::TIMEOUT, after: None }
             }
+            // Without the URL: a receiver's URL may carry a key in its query.
             Err(e) => Answer::Retry {
-                reason: format!("request failed: {}", error_chain(&e)),
+                reason: format!("request failed: {}", error_chain(&e.without_url())),
                 result: forward_result::CONNECTION,
                 after: None,
             },
         })
+    }
+
+    /// Reaches the receiver without delivering anything (`pcbridge check`): a `HEAD` of
+    /// its URL with the `headers_file` headers. Any HTTP answer proves the name resolves,
+    /// the port answers and, on https, the certificate is trusted — a receiver that
+    /// verifies signatures may well refuse a `HEAD` that carries none, so the status is
+    /// reported, not judged. Redirects are not followed here either.
+    pub async fn probe(&self) -> Result<String, String> {
+        match self.http.head(&self.url).headers(self.extra.clone()).send().await {
+            Ok(answer) => Ok(format!("answered HEAD with {}", answer.status())),
+            Err(e) if e.is_timeout() => Err("no answer in time".into()),
+            Err(e) => Err(error_chain(&e.without_url())),
+        }
     }
 }
 
