@@ -84,9 +84,8 @@ async fn open(s: &Settings) -> Result<Connection, lapin::Error> {
     let connection = Connection::connect_uri(s.uri.clone(), props).await?;
     let channel = connection.create_channel().await?;
     s.sharing.topology.declare_exchange(&channel).await?;
-    for (queue, _) in &s.sharing.queues {
-        s.sharing.topology.declare_queue(&channel, queue).await?;
-    }
+    let queues: Vec<String> = s.sharing.queues.iter().map(|(queue, _)| queue.clone()).collect();
+    s.sharing.topology.declare_queues(&channel, &queues).await.map_err(|(_, e)| e)?;
     let _ = channel.close(200, "declared".into()).await;
     Ok(connection)
 }

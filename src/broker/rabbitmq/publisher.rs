@@ -124,9 +124,10 @@ impl RabbitMq {
         self.declared.lock().unwrap_or_else(|p| p.into_inner()).contains(name)
     }
 
-    async fn declare(&self, channel: &Channel, name: &str) -> Result<(), lapin::Error> {
-        self.topology.declare_queue(channel, name).await?;
-        self.declared.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string());
+    /// Declares `names` (pipelined) and remembers them; the first failure with its name.
+    async fn declare(&self, channel: &Channel, names: &[String]) -> Result<(), (String, lapin::Error)> {
+        self.topology.declare_queues(channel, names).await?;
+        self.declared.lock().unwrap_or_else(|p| p.into_inner()).extend(names.iter().cloned());
         Ok(())
     }
 
@@ -315,14 +316,12 @@ impl Publisher for RabbitMq {
 
     async fn ensure_destinations(&self, names: &[String]) -> Result<(), SetupError> {
         let channel = self.channel().await.map_err(|e| SetupError::Unreachable(e.to_string()))?;
-        for name in names.iter().flat_map(|d| self.topology.queues(d)) {
-            self.declare(&channel, &name).await.map_err(|e| {
-                SetupError::Refused(format!(
-                    "rabbitmq: cannot declare queue {name}: {e} (an existing queue with other arguments? check rabbitmq.queue_type)"
-                ))
-            })?;
-        }
-        Ok(())
+        let queues: Vec<String> = names.iter().flat_map(|d| self.topology.queues(d)).collect();
+        self.declare(&channel, &queues).await.map_err(|(name, e)| {
+            SetupError::Refused(format!(
+                "rabbitmq: cannot declare queue {name}: {e} (an existing queue with other arguments? check rabbitmq.queue_type)"
+            ))
+        })
     }
 
     async fn publish(&self, m: &Message) -> Result<(), PublishError> {
@@ -333,9 +332,9 @@ impl Publisher for RabbitMq {
             if !self.is_declared(&queue) {
                 // Every shard of a raw destination at once: `check` and a worker starting
                 // later find the destination whole.
-                for q in self.topology.queues(&m.destination) {
-                    self.declare(&channel, &q).await.map_err(|e| self.link_error(e))?;
-                }
+                self.declare(&channel, &self.topology.queues(&m.destination))
+                    .await
+                    .map_err(|(_, e)| self.link_error(e))?;
             }
             if self.publish_once(&channel, &queue, m).await? {
                 return Ok(());
@@ -344,7 +343,7 @@ impl Publisher for RabbitMq {
             // again and retry once; a returned message was not stored, so no duplicate.
             tracing::warn!(destination = %m.destination, queue, "message returned unroutable; re-declaring its queue");
             self.declared.lock().unwrap_or_else(|p| p.into_inner()).remove(&queue);
-            self.declare(&channel, &queue).await.map_err(|e| self.link_error(e))?;
+            self.declare(&channel, std::slice::from_ref(&queue)).await.map_err(|(_, e)| self.link_error(e))?;
             if self.publish_once(&channel, &queue, m).await? {
                 Ok(())
             } else {
