@@ -212,7 +212,14 @@ fn pod_env(
     objects: &[Value],
     secrets: &[(String, BTreeMap<String, String>)],
 ) -> BTreeMap<String, String> {
-    let secret = &secrets[0];
+    // The documented example Secret of that name: what `envFrom` and `secretKeyRef` read.
+    let secret = |name: &str| {
+        secrets
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, values)| values)
+            .unwrap_or_else(|| panic!("Secret {name} is none of the documented examples"))
+    };
     let mut env = BTreeMap::from([
         ("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
         ("HOSTNAME".to_string(), "pcbridge-pod-test".to_string()),
@@ -220,11 +227,7 @@ fn pod_env(
     env.extend(image.env.clone());
     for from in container["envFrom"].as_array().into_iter().flatten() {
         if let Some(name) = from["secretRef"]["name"].as_str() {
-            let (_, values) = secrets
-                .iter()
-                .find(|(n, _)| n == name)
-                .unwrap_or_else(|| panic!("envFrom Secret {name} is none of the documented examples"));
-            env.extend(values.clone());
+            env.extend(secret(name).clone());
         } else if from["configMapRef"].is_object() {
             let name = text(&from["configMapRef"]["name"]);
             let cm = of_kind(objects, "ConfigMap")
@@ -243,7 +246,11 @@ fn pod_env(
         let value = if !var["valueFrom"].is_null() {
             let from = &var["valueFrom"];
             if let Some(key) = from["secretKeyRef"]["key"].as_str() {
-                secret.1.get(key).cloned().unwrap_or_else(|| panic!("secretKeyRef {key} is not in the example Secret"))
+                let name = text(&from["secretKeyRef"]["name"]);
+                secret(&name)
+                    .get(key)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("secretKeyRef {key} is not in the example Secret {name}"))
             } else if let Some(path) = from["fieldRef"]["fieldPath"].as_str() {
                 match path {
                     "metadata.name" => "pcbridge-pod-test".into(),
