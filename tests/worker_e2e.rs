@@ -146,12 +146,21 @@ async fn end_to_end_with(kind: BrokerKind, layout: Layout, tweak: impl FnOnce(&m
         assert_eq!(m.headers["pc-event-name"], name.as_str());
         assert!(m.headers.contains_key("pc-signature") && m.headers.contains_key("traceparent"));
         assert!(m.headers.get("pc-change-key").is_some_and(|k| !k.is_empty()), "{name}: the change key is kept");
-        let ce_type = match kind {
-            BrokerKind::Kafka => &m.headers["ce_type"],
-            BrokerKind::Rabbitmq => &m.headers["cloudEvents_type"],
-            BrokerKind::Amqp => &m.headers["cloudEvents:type"],
+        let ce = match kind {
+            BrokerKind::Kafka => "ce_",
+            BrokerKind::Rabbitmq => "cloudEvents_",
+            BrokerKind::Amqp => "cloudEvents:",
         };
-        assert_eq!(ce_type, &format!("com.microsoft.partnercenter.{name}.enriched"));
+        assert_eq!(m.headers[&format!("{ce}type")], format!("com.microsoft.partnercenter.{name}.enriched"));
+        // Whole, on RabbitMQ too, where the raw message carried none (derived from it).
+        assert_eq!(m.headers[&format!("{ce}id")], m.headers["pc-event-id"], "{name}");
+        assert_eq!(m.headers[&format!("{ce}source")], config.partner_center.base_url, "{name}");
+        assert_eq!(
+            m.headers.get(&format!("{ce}subject")).map(String::as_str),
+            raw["ResourceUri"].as_str().map(str::trim).filter(|u| !u.is_empty()),
+            "{name}"
+        );
+        assert!(m.headers.contains_key(&format!("{ce}time")), "{name}: every catalogue example has a parsable date");
     }
     // What the APIs saw.
     let requests = api.requests();

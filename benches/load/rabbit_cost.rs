@@ -41,12 +41,12 @@ struct Variant {
 #[derive(Clone, Copy, PartialEq)]
 enum Headers {
     None,
-    /// Every header of the ingress's raw message (`pc-*`, `traceparent`, `cloudEvents_*`).
+    /// Every header of a raw message with `rabbitmq.raw_cloud_events` (`pc-*`, `traceparent`, `cloudEvents_*`).
     All,
     /// Without the values another header or property already carries: `pc-event-id`
     /// (= `cloudEvents_id` = message_id) and `cloudEvents_type` (= the `type` property).
     Deduplicated,
-    /// Only the `pc-*` headers (no CloudEvents binding).
+    /// Only the `pc-*` headers and `traceparent`: the ingress's raw message (no CloudEvents binding).
     PcOnly,
     /// The same bytes as `All`, in one header: what the headers' number costs.
     OneHeader,
@@ -121,7 +121,13 @@ pub async fn run() {
             properties: false,
         },
         Variant { name: "bare + message_id", topic: true, mandatory: true, headers: Headers::None, properties: true },
-        Variant { name: "pc-* headers only", topic: true, mandatory: true, headers: Headers::PcOnly, properties: true },
+        Variant {
+            name: "pc-* headers only (the ingress's message)",
+            topic: true,
+            mandatory: true,
+            headers: Headers::PcOnly,
+            properties: true,
+        },
         Variant {
             name: "all headers, deduplicated",
             topic: true,
@@ -144,7 +150,7 @@ pub async fn run() {
             properties: true,
         },
         Variant {
-            name: "the ingress's message",
+            name: "pc-* and cloudEvents_* (raw_cloud_events = true)",
             topic: true,
             mandatory: true,
             headers: Headers::All,

@@ -188,10 +188,30 @@ pub async fn ingress(broker: Broker) {
     }
     servers.push(("pcbridge ingress", &ingress));
     let ingress_at = servers.len() - 1;
+    // `PCBRIDGE_BENCH_INGRESS_ALT="PCBRIDGE_X=1 PCBRIDGE_Y=2"`: a second ingress with these
+    // variables too, in the same rounds (an experiment against the first).
+    let alt_env: Vec<(String, String)> = std::env::var("PCBRIDGE_BENCH_INGRESS_ALT")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let alt = (!alt_env.is_empty()).then(|| {
+        let mut env = setup.env(&broker);
+        env.extend(alt_env.iter().cloned());
+        servers::pcbridge("ingress", &env)
+    });
+    if let Some(alt) = &alt {
+        alt.ready(Duration::from_secs(30)).await;
+        generator::run(alt.addr, &corpus, Pace::Closed, CLOSED_CONNECTIONS, Duration::ZERO, Duration::from_secs(2))
+            .await;
+        rabbit_tidy(&broker, Tidy::Purge).await;
+        servers.push(("pcbridge ingress, alternative", alt));
+    }
     let mut best = vec![0.0f64; servers.len()];
     // Ingress / each minimal within each round: they ran back to back, so a round's
     // ratio is less exposed to the machine's drift than the ratio of the bests.
     let mut ratios = vec![Vec::with_capacity(rounds); servers.len()];
+    let mut alt_ratios = ratios.clone();
     for _round in 0..rounds {
         let mut rates = vec![0.0f64; servers.len()];
         for (i, (name, server)) in servers.iter().enumerate() {
@@ -203,6 +223,9 @@ pub async fn ingress(broker: Broker) {
         }
         for i in 1..ingress_at {
             ratios[i].push(rates[ingress_at] / rates[i]);
+            if alt.is_some() {
+                alt_ratios[i].push(rates[ingress_at + 1] / rates[i]);
+            }
         }
     }
     if rabbit {
@@ -224,6 +247,18 @@ pub async fn ingress(broker: Broker) {
             best[ingress_at] / best[i],
             listed.join(", ")
         );
+        if alt.is_some() {
+            let mut per_round = std::mem::take(&mut alt_ratios[i]);
+            per_round.sort_by(f64::total_cmp);
+            let listed: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
+            println!(
+                "Alternative ingress ({:?}) / {}: per round, sorted: {}; median **{:.2}**.\n",
+                alt_env,
+                servers[i].0,
+                listed.join(", "),
+                per_round[per_round.len() / 2]
+            );
+        }
     }
 
     println!("### Fixed rates ({OPEN_CONNECTIONS} connections, open loop)\n");
@@ -247,7 +282,7 @@ pub async fn ingress(broker: Broker) {
         }
     }
     println!("\nIngress peak RSS since start (VmHWM): {:.1} MiB", mib(status_kib(ingress.pid(), "VmHWM")));
-    drop((ingress, minimal, direct, bare));
+    drop((ingress, alt, minimal, direct, bare));
     rabbit_tidy(&broker, Tidy::Delete).await;
 }
 

@@ -225,6 +225,11 @@ pub struct RabbitMqConfig {
     /// How often a worker replica looks at who is present and takes or hands over
     /// shards. A replica that dies is replaced within about one interval.
     pub rebalance_interval_ms: u64,
+    /// Write the CloudEvents headers (`cloudEvents_*`) on raw messages too. Off: each of
+    /// them repeats a `pc-*` header, the body or configuration, and RabbitMQ stores every
+    /// header byte of every message (docs/message-contract.md). pcbridge's own readers
+    /// derive them either way; turn this on for a CloudEvents reader of a raw queue.
+    pub raw_cloud_events: bool,
 }
 
 impl Default for RabbitMqConfig {
@@ -239,6 +244,7 @@ impl Default for RabbitMqConfig {
             reconnect_max_delay_ms: 5_000,
             shards: 12,
             rebalance_interval_ms: 1_000,
+            raw_cloud_events: false,
         }
     }
 }

@@ -77,14 +77,92 @@ pub fn message(raw: Raw<'_>, destinations: &Destinations, source: &str) -> Messa
         key: event.resource_uri.clone().unwrap_or_else(|| event_id.clone()),
         id: event_id.clone(),
         headers: list,
-        cloud_event: CloudEvent {
-            id: event_id,
-            source: source.to_string(),
-            ty: cloud_event_type(&event.name),
-            subject: event.resource_uri.clone(),
-            time,
-        },
+        cloud_event: cloud_event(event, event_id, source),
         content_type: super::cloud_event::CONTENT_TYPE,
         body,
+    }
+}
+
+/// The CloudEvents attributes of a raw message about `event`: each repeats something
+/// the message carries anyway (`pc-event-id`, `pc-event-name`, the body) or
+/// configuration (`source`), which is why RabbitMQ raw messages may leave them out.
+fn cloud_event(event: &Event, event_id: String, source: &str) -> CloudEvent {
+    CloudEvent {
+        id: event_id,
+        source: source.to_string(),
+        ty: cloud_event_type(&event.name),
+        subject: event.resource_uri.clone(),
+        time: event.change_time_rfc3339(),
+    }
+}
+
+/// The CloudEvents attributes of a raw message published without them, derived as
+/// [`message`] makes them: from its `pc-event-id` and `pc-event-name` headers and its
+/// body. `None` when it is not a raw message of pcbridge's (no `pc-event-id`).
+pub fn derive_cloud_event(headers: &[(String, String)], body: &[u8], source: &str) -> Option<CloudEvent> {
+    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let id = header(headers::EVENT_ID)?;
+    let parsed = Event::parse(body).ok();
+    let name = header(headers::EVENT_NAME).or(parsed.as_ref().map(|e| e.name.as_str())).unwrap_or_default();
+    Some(CloudEvent {
+        id: id.to_string(),
+        source: source.to_string(),
+        ty: cloud_event_type(name),
+        subject: parsed.as_ref().and_then(|e| e.resource_uri.clone()),
+        time: parsed.as_ref().and_then(Event::change_time_rfc3339),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partner_center::event::event_id;
+
+    const SOURCE: &str = "https://api.partnercenter.microsoft.com";
+    const UPDATED: &[u8] = br#"{"EventName":"subscription-updated","ResourceUri":"https://api.partnercenter.microsoft.com/v1/customers/c/subscriptions/s","ResourceChangeUtcDate":"2026-11-22T08:00:00.5Z"}"#;
+
+    fn raw_of(body: &'static [u8], origin: Origin<'static>) -> Message {
+        let event = Event::parse(body).expect("event");
+        let raw = Raw {
+            event: &event,
+            event_id: event_id(body),
+            body: Bytes::from_static(body),
+            change_key: None,
+            origin,
+            received_at: "2026-12-05T00:00:00Z".into(),
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        };
+        message(raw, &crate::config::Config::default().broker.destinations(), SOURCE)
+    }
+
+    /// What a RabbitMQ reader derives is what the publisher would have written: the
+    /// attributes are left out of raw messages only because nothing is lost.
+    #[test]
+    fn derived_attributes_are_the_ones_left_out() {
+        let webhook =
+            Origin::Webhook { signature: "Signature abc", certificate_url: "https://c", algorithm: "rsa-sha256" };
+        let cases: [(&'static [u8], Origin<'static>); 3] = [
+            (UPDATED, webhook),
+            (
+                br#"{"EventName":"test-created","ResourceUri":null,"ResourceChangeUtcDate":"not a date"}"#,
+                Origin::Reconcile,
+            ),
+            (br#"{"eventName":"referral-created"}"#, Origin::Reconcile),
+        ];
+        for (body, origin) in cases {
+            let m = raw_of(body, origin);
+            let derived = derive_cloud_event(&m.headers, &m.body, SOURCE);
+            assert_eq!(derived.as_ref(), Some(&m.cloud_event), "{}", String::from_utf8_lossy(body));
+        }
+        let m = raw_of(UPDATED, Origin::Reconcile);
+        let ce = &m.cloud_event;
+        assert_eq!(ce.ty, "com.microsoft.partnercenter.subscription-updated");
+        assert_eq!(
+            ce.subject.as_deref(),
+            Some("https://api.partnercenter.microsoft.com/v1/customers/c/subscriptions/s")
+        );
+        assert!(ce.time.is_some(), "{ce:?}");
+        // Not a raw message of pcbridge's: nothing is invented.
+        assert_eq!(derive_cloud_event(&[], &m.body, SOURCE), None);
     }
 }

@@ -156,10 +156,14 @@ pub(super) fn to_delivery(d: lapin::message::Delivery, topology: &Topology, leas
         }
     }
     let (headers, cloud_event) = CloudEvent::split(headers, &cloud_event::AMQP);
+    let destination = topology.destination_of(d.routing_key.as_str()).to_string();
+    // A raw message is published without them by default (`rabbitmq.raw_cloud_events`).
+    let cloud_event = cloud_event.or_else(|| topology.derive_cloud_event(&destination, &headers, &d.data));
     let id = p.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
+    // The ordering key, as the publisher chose it: the ResourceUri, else the event id.
     let key = cloud_event.as_ref().and_then(|ce| ce.subject.clone()).unwrap_or(id);
     Delivery {
-        destination: topology.destination_of(d.routing_key.as_str()).to_string(),
+        destination,
         key,
         headers,
         cloud_event,

@@ -139,7 +139,7 @@ impl RabbitMq {
             queue.into(),
             BasicPublishOptions { mandatory: true, ..Default::default() },
             &m.body,
-            properties(m),
+            properties(m, self.topology.writes_cloud_event(&m.destination)),
         ));
         // lapin (4.12) numbers the confirm and queues the frames in the first poll, then
         // waits for the socket write: only that first poll needs the lock, so writes of
@@ -238,11 +238,11 @@ impl Drop for Confirm {
     }
 }
 
-/// AMQP message properties: persistent, identified, with the application headers and
-/// the CloudEvents AMQP binding (`cloudEvents_*` application properties). Not `type`,
+/// AMQP message properties: persistent, identified, with the application headers and,
+/// when `cloud_event`, the CloudEvents AMQP binding (`cloudEvents_*` headers). Not `type`,
 /// `app_id` or `timestamp`: they repeated `cloudEvents_type`, `cloudEvents_source` and
 /// `pc-received-at`, and cost RabbitMQ ~10 µs a message (BENCHMARKS.md).
-fn properties(m: &Message) -> BasicProperties {
+fn properties(m: &Message, cloud_event: bool) -> BasicProperties {
     let mut headers = FieldTable::default();
     let mut put = |k: &str, v: &str| {
         headers.insert(ShortString::from(k), AMQPValue::LongString(LongString::from(v)));
@@ -250,8 +250,10 @@ fn properties(m: &Message) -> BasicProperties {
     for (k, v) in &m.headers {
         put(k, v);
     }
-    for (k, v) in m.cloud_event.headers(&AMQP) {
-        put(k, v);
+    if cloud_event {
+        for (k, v) in m.cloud_event.headers(&AMQP) {
+            put(k, v);
+        }
     }
     BasicProperties::default()
         .with_delivery_mode(2)

@@ -1,11 +1,12 @@
 //! RabbitMQ topology and connection settings shared by the publisher and the consumer:
 //! the durable topic exchange, a durable queue per destination bound by its own name,
 //! each raw destination split into single-active-consumer shard queues
-//! ([`crate::contract::shards`]), and the AMQP URI with its credentials.
+//! ([`crate::contract::shards`]), which messages carry their CloudEvents headers, and
+//! the AMQP URI with its credentials.
 
-use crate::broker::SetupError;
+use crate::broker::{CloudEvent, SetupError};
 use crate::config::{Config, QueueType, RabbitMqConfig, redact_url};
-use crate::contract::{destinations::Destinations, shards};
+use crate::contract::{destinations::Destinations, raw, shards};
 use lapin::{
     Channel, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
@@ -27,6 +28,12 @@ pub(crate) struct Topology {
     /// destinations whose shard `k` its shard `k` is bound to. Only the reader declares
     /// it so: a publisher declaring the same queue leaves the bindings as they are.
     copy: Option<(String, Vec<String>)>,
+    /// `rabbitmq.raw_cloud_events`: whether raw messages carry their CloudEvents headers.
+    /// Without them, a reader derives them ([`Topology::derive_cloud_event`]), so every
+    /// [`Delivery`](crate::broker::Delivery) has them either way.
+    raw_cloud_events: bool,
+    /// The CloudEvents `source` of the messages (`partner_center.base_url`).
+    source: String,
 }
 
 impl Topology {
@@ -37,7 +44,26 @@ impl Topology {
             shards: config.rabbitmq.shards.max(1),
             destinations: config.broker.destinations(),
             copy: None,
+            raw_cloud_events: config.rabbitmq.raw_cloud_events,
+            source: config.partner_center.base_url.clone(),
         }
+    }
+
+    /// Whether a message for `destination` is published with its CloudEvents headers:
+    /// always, except on a raw destination unless `rabbitmq.raw_cloud_events`.
+    pub fn writes_cloud_event(&self, destination: &str) -> bool {
+        self.raw_cloud_events || !self.destinations.is_raw(destination)
+    }
+
+    /// The CloudEvents attributes of a message of `destination` that came without them:
+    /// derived, for a raw destination, as the publisher would have written them.
+    pub fn derive_cloud_event(
+        &self,
+        destination: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Option<CloudEvent> {
+        if self.destinations.is_raw(destination) { raw::derive_cloud_event(headers, body, &self.source) } else { None }
     }
 
     /// This topology, with `destination` declared as a copy of `sources`.
