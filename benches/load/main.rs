@@ -7,7 +7,9 @@
 //!   RabbitMQ also with one publish in flight at a time, to show what batching confirms is
 //!   worth. `ingress-amqp`: the same over AMQP 1.0 (RabbitMQ's plugin), each message an
 //!   unsettled transfer settled by the broker's `accepted`. `PCBRIDGE_BENCH_INGRESS_RATES` (comma-separated events/s; empty skips the
-//!   open loop) narrows the fixed rates, e.g. for a profiling run.
+//!   open loop) narrows the fixed rates, e.g. for a profiling run; `PCBRIDGE_BENCH_ROUNDS`
+//!   (2) sets the closed-loop rounds, and `PCBRIDGE_BENCH_INGRESS_ALT="PCBRIDGE_K=V …"`
+//!   adds a second ingress with those variables to every round, to compare two settings.
 //! - `worker`: N events preloaded, the simulated API answering in a fixed 20 ms.
 //! - `startup`: spawn to `/readyz` for both roles.
 //! - `scaling`: 1, 2 and 3 worker processes on each broker, API-latency-bound, keeping

@@ -237,26 +237,17 @@ pub async fn ingress(broker: Broker) {
     let listed: Vec<String> = servers.iter().zip(&best).map(|((name, _), b)| format!("{name} {b:.0}")).collect();
     println!("\nBest events/s: {}. Ingress / bare = {:.3}.\n", listed.join(", "), best[ingress_at] / best[0]);
     for i in 1..ingress_at {
-        let mut per_round = std::mem::take(&mut ratios[i]);
-        per_round.sort_by(f64::total_cmp);
-        let median = per_round[per_round.len() / 2];
-        let listed: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
+        let (listed, median) = sorted_with_median(std::mem::take(&mut ratios[i]));
         println!(
-            "Ingress / {}: best against best **{:.2}**; per round, sorted: {}; median **{median:.2}**.\n",
+            "Ingress / {}: best against best **{:.2}**; per round, sorted: {listed}; median **{median:.2}**.\n",
             servers[i].0,
             best[ingress_at] / best[i],
-            listed.join(", ")
         );
         if alt.is_some() {
-            let mut per_round = std::mem::take(&mut alt_ratios[i]);
-            per_round.sort_by(f64::total_cmp);
-            let listed: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
+            let (listed, median) = sorted_with_median(std::mem::take(&mut alt_ratios[i]));
             println!(
-                "Alternative ingress ({:?}) / {}: per round, sorted: {}; median **{:.2}**.\n",
-                alt_env,
+                "Alternative ingress ({alt_env:?}) / {}: per round, sorted: {listed}; median **{median:.2}**.\n",
                 servers[i].0,
-                listed.join(", "),
-                per_round[per_round.len() / 2]
             );
         }
     }
@@ -284,6 +275,13 @@ pub async fn ingress(broker: Broker) {
     println!("\nIngress peak RSS since start (VmHWM): {:.1} MiB", mib(status_kib(ingress.pid(), "VmHWM")));
     drop((ingress, alt, minimal, direct, bare));
     rabbit_tidy(&broker, Tidy::Delete).await;
+}
+
+/// Per-round ratios, sorted and listed, and their median.
+fn sorted_with_median(mut ratios: Vec<f64>) -> (String, f64) {
+    ratios.sort_by(f64::total_cmp);
+    let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    (listed.join(", "), ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN))
 }
 
 /// Sum of `pcbridge_worker_events_total` from a worker's /metrics.
