@@ -77,7 +77,7 @@ pub fn message(raw: Raw<'_>, destinations: &Destinations, source: &str) -> Messa
         key: event.resource_uri.clone().unwrap_or_else(|| event_id.clone()),
         id: event_id.clone(),
         headers: list,
-        cloud_event: cloud_event(event, event_id, source),
+        cloud_event: cloud_event(event, event_id, time, source),
         content_type: super::cloud_event::CONTENT_TYPE,
         body,
     }
@@ -86,13 +86,14 @@ pub fn message(raw: Raw<'_>, destinations: &Destinations, source: &str) -> Messa
 /// The CloudEvents attributes of a raw message about `event`: each repeats something
 /// the message carries anyway (`pc-event-id`, `pc-event-name`, the body) or
 /// configuration (`source`), which is why RabbitMQ raw messages may leave them out.
-fn cloud_event(event: &Event, event_id: String, source: &str) -> CloudEvent {
+/// `time` is `event`'s change time in RFC 3339 ([`Event::change_time_rfc3339`]).
+fn cloud_event(event: &Event, event_id: String, time: Option<String>, source: &str) -> CloudEvent {
     CloudEvent {
         id: event_id,
         source: source.to_string(),
         ty: cloud_event_type(&event.name),
         subject: event.resource_uri.clone(),
-        time: event.change_time_rfc3339(),
+        time,
     }
 }
 
@@ -102,15 +103,23 @@ fn cloud_event(event: &Event, event_id: String, source: &str) -> CloudEvent {
 pub fn derive_cloud_event(headers: &[(String, String)], body: &[u8], source: &str) -> Option<CloudEvent> {
     let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let id = header(headers::EVENT_ID)?;
-    let parsed = Event::parse(body).ok();
-    let name = header(headers::EVENT_NAME).or(parsed.as_ref().map(|e| e.name.as_str())).unwrap_or_default();
-    Some(CloudEvent {
-        id: id.to_string(),
-        source: source.to_string(),
-        ty: cloud_event_type(name),
-        subject: parsed.as_ref().and_then(|e| e.resource_uri.clone()),
-        time: parsed.as_ref().and_then(Event::change_time_rfc3339),
-    })
+    match Event::parse(body) {
+        Ok(mut event) => {
+            if let Some(name) = header(headers::EVENT_NAME) {
+                event.name = name.to_string();
+            }
+            let time = event.change_time_rfc3339();
+            Some(cloud_event(&event, id.to_string(), time, source))
+        }
+        // Not a body the ingress could have accepted; what the headers say, and no more.
+        Err(_) => Some(CloudEvent {
+            id: id.to_string(),
+            source: source.to_string(),
+            ty: cloud_event_type(header(headers::EVENT_NAME).unwrap_or_default()),
+            subject: None,
+            time: None,
+        }),
+    }
 }
 
 #[cfg(test)]
