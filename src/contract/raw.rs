@@ -99,27 +99,18 @@ fn cloud_event(event: &Event, event_id: String, time: Option<String>, source: &s
 
 /// The CloudEvents attributes of a raw message published without them, derived as
 /// [`message`] makes them: from its `pc-event-id` and `pc-event-name` headers and its
-/// body. `None` when it is not a raw message of pcbridge's (no `pc-event-id`).
+/// body. `None` when it is not a raw message of pcbridge's (no `pc-event-id`, or a body
+/// the ingress would have refused): [`super::outputs::cloud_event`] then builds what the
+/// outputs carry from the event's identity, as for any message that came without them.
 pub fn derive_cloud_event(headers: &[(String, String)], body: &[u8], source: &str) -> Option<CloudEvent> {
     let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let id = header(headers::EVENT_ID)?;
-    match Event::parse(body) {
-        Ok(mut event) => {
-            if let Some(name) = header(headers::EVENT_NAME) {
-                event.name = name.to_string();
-            }
-            let time = event.change_time_rfc3339();
-            Some(cloud_event(&event, id.to_string(), time, source))
-        }
-        // Not a body the ingress could have accepted; what the headers say, and no more.
-        Err(_) => Some(CloudEvent {
-            id: id.to_string(),
-            source: source.to_string(),
-            ty: cloud_event_type(header(headers::EVENT_NAME).unwrap_or_default()),
-            subject: None,
-            time: None,
-        }),
+    let mut event = Event::parse(body).ok()?;
+    if let Some(name) = header(headers::EVENT_NAME) {
+        event.name = name.to_string();
     }
+    let time = event.change_time_rfc3339();
+    Some(cloud_event(&event, id.to_string(), time, source))
 }
 
 #[cfg(test)]
@@ -173,5 +164,6 @@ mod tests {
         assert!(ce.time.is_some(), "{ce:?}");
         // Not a raw message of pcbridge's: nothing is invented.
         assert_eq!(derive_cloud_event(&[], &m.body, SOURCE), None);
+        assert_eq!(derive_cloud_event(&m.headers, b"not json", SOURCE), None);
     }
 }
