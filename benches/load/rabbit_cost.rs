@@ -1,7 +1,7 @@
 //! `rabbitmq-cost`: where RabbitMQ's time goes per message (issue 19). The same
 //! realistic raw message is published, persistent with publisher confirms and many in
 //! flight (as the ingress publishes), in variants that differ in one thing each — the
-//! exchange, `mandatory`, the properties, the headers — and RabbitMQ's own CPU
+//! exchange (topic, direct, default), `mandatory`, the properties, the headers — and RabbitMQ's own CPU
 //! (`beam.smp`) is divided by the messages. No HTTP, no signature: only the broker's
 //! share of a publish.
 
@@ -29,13 +29,24 @@ const IN_FLIGHT: usize = 256;
 /// What one variant publishes.
 struct Variant {
     name: &'static str,
-    /// Through the topic exchange (else the default exchange, straight to the queue).
-    topic: bool,
+    /// Which exchange routes it.
+    via: Via,
     mandatory: bool,
     /// Which of the ingress's headers go along.
     headers: Headers,
     /// message_id, as the ingress sets it (beside delivery mode and content type).
     properties: bool,
+}
+
+/// The exchange a variant publishes through; the queue's name is the routing key.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// The run's topic exchange, as the contract routes.
+    Topic,
+    /// A direct exchange with the same bindings: exact keys only, no patterns.
+    Direct,
+    /// The default exchange, straight to the queue.
+    Default,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -64,15 +75,18 @@ pub async fn run() {
     let channel = connection.create_channel().await.expect("channel");
     channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
     let exchange = format!("pcbench-cost-{}", std::process::id());
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions { durable: true, auto_delete: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .expect("exchange");
+    let direct = format!("{exchange}-direct");
+    for (name, kind) in [(&exchange, ExchangeKind::Topic), (&direct, ExchangeKind::Direct)] {
+        channel
+            .exchange_declare(
+                name.as_str().into(),
+                kind,
+                ExchangeDeclareOptions { durable: true, auto_delete: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .expect("exchange");
+    }
     // The same durable queue in RabbitMQ's two classic formats: the first (the default
     // before RabbitMQ 3.13) and the second (`x-queue-version: 2`, the default since).
     let mut queues = Vec::new();
@@ -84,16 +98,18 @@ pub async fn run() {
             .queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
             .await
             .expect("queue");
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                queue.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind");
+        for source in [&exchange, &direct] {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    source.as_str().into(),
+                    queue.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("bind");
+        }
         queues.push(queue);
     }
 
@@ -101,57 +117,84 @@ pub async fn run() {
     let variants = [
         Variant {
             name: "bare body (the minimal pipeline's)",
-            topic: true,
+            via: Via::Topic,
             mandatory: true,
             headers: Headers::None,
             properties: false,
         },
         Variant {
             name: "bare, default exchange",
-            topic: false,
+            via: Via::Default,
+            mandatory: true,
+            headers: Headers::None,
+            properties: false,
+        },
+        Variant {
+            name: "bare, direct exchange",
+            via: Via::Direct,
             mandatory: true,
             headers: Headers::None,
             properties: false,
         },
         Variant {
             name: "bare, not mandatory",
-            topic: true,
+            via: Via::Topic,
             mandatory: false,
             headers: Headers::None,
             properties: false,
         },
-        Variant { name: "bare + message_id", topic: true, mandatory: true, headers: Headers::None, properties: true },
+        Variant {
+            name: "bare + message_id",
+            via: Via::Topic,
+            mandatory: true,
+            headers: Headers::None,
+            properties: true,
+        },
         Variant {
             name: "pc-* headers only (the ingress's message)",
-            topic: true,
+            via: Via::Topic,
+            mandatory: true,
+            headers: Headers::PcOnly,
+            properties: true,
+        },
+        Variant {
+            name: "the ingress's message, direct exchange",
+            via: Via::Direct,
+            mandatory: true,
+            headers: Headers::PcOnly,
+            properties: true,
+        },
+        Variant {
+            name: "the ingress's message, default exchange",
+            via: Via::Default,
             mandatory: true,
             headers: Headers::PcOnly,
             properties: true,
         },
         Variant {
             name: "all headers, deduplicated",
-            topic: true,
+            via: Via::Topic,
             mandatory: true,
             headers: Headers::Deduplicated,
             properties: true,
         },
         Variant {
             name: "the same header bytes in one header",
-            topic: true,
+            via: Via::Topic,
             mandatory: true,
             headers: Headers::OneHeader,
             properties: true,
         },
         Variant {
             name: "as many headers, one byte each",
-            topic: true,
+            via: Via::Topic,
             mandatory: true,
             headers: Headers::ManyTiny,
             properties: true,
         },
         Variant {
             name: "pc-* and cloudEvents_* (raw_cloud_events = true)",
-            topic: true,
+            via: Via::Topic,
             mandatory: true,
             headers: Headers::All,
             properties: true,
@@ -174,7 +217,11 @@ pub async fn run() {
         let mut best: [Option<(f64, f64)>; 2] = [None, None];
         for _ in 0..3 {
             for (i, queue) in queues.iter().enumerate() {
-                let exchange = if v.topic { exchange.as_str() } else { "" };
+                let exchange = match v.via {
+                    Via::Topic => exchange.as_str(),
+                    Via::Direct => direct.as_str(),
+                    Via::Default => "",
+                };
                 let cpu0 = cpu_seconds(beam);
                 let started = Instant::now();
                 publish_all(&channel, exchange, queue, v.mandatory, &message.body, &props).await;
