@@ -1,9 +1,9 @@
 //! `rabbitmq-cost`: where RabbitMQ's time goes per message (issue 19). The same
 //! realistic raw message is published, persistent with publisher confirms and many in
 //! flight (as the ingress publishes), in variants that differ in one thing each — the
-//! exchange (topic, direct, default), `mandatory`, the properties, the headers — and RabbitMQ's own CPU
-//! (`beam.smp`) is divided by the messages. No HTTP, no signature: only the broker's
-//! share of a publish.
+//! exchange (topic, direct, default), `mandatory`, the properties, the headers — and
+//! RabbitMQ's own CPU (`beam.smp`) is divided by the messages. No HTTP, no signature:
+//! only the broker's share of a publish.
 
 use super::procstat::{cpu_seconds, find_pid};
 use lapin::{

@@ -5,6 +5,7 @@ use crate::procstat::{RssPeak, cpu_seconds, find_pid, mib, status_kib};
 use crate::servers::{self, Server};
 use crate::setup::{AMQP_URL, Broker, BrokerSpec, RABBITMQ_URL, Setup};
 use pcbridge::contract::destinations::Destinations;
+use pcbridge::contract::shards::raw_exchange;
 use std::time::{Duration, Instant};
 
 const WARMUP: Duration = Duration::from_secs(1);
@@ -72,12 +73,12 @@ fn print_row(name: &str, load: &str, r: &Row) {
 /// How the minimal pipeline publishes on RabbitMQ.
 #[derive(Clone, Copy, PartialEq)]
 enum Via {
-    /// Through this run's topic exchange, as the contract makes pcbridge publish.
-    Topic,
+    /// Through this run's raw exchange (direct), as the contract routes raw messages.
+    Raw,
     /// Straight to the queue through the default exchange, as issue 19's reference did.
     DefaultExchange,
-    /// Through the topic exchange, one publish in flight at a time.
-    TopicSerial,
+    /// Through the raw exchange, one publish in flight at a time.
+    RawSerial,
 }
 
 fn minimal_args(setup: &Setup, broker: &Broker, via: Via) -> Vec<String> {
@@ -85,9 +86,9 @@ fn minimal_args(setup: &Setup, broker: &Broker, via: Via) -> Vec<String> {
     match &broker.kind {
         BrokerSpec::Kafka(bootstrap) => a.extend(["kafka".into(), bootstrap.clone()]),
         BrokerSpec::Rabbit { exchange } => {
-            let exchange = if via == Via::DefaultExchange { String::new() } else { exchange.clone() };
+            let exchange = if via == Via::DefaultExchange { String::new() } else { raw_exchange(exchange) };
             a.extend(["rabbitmq".into(), RABBITMQ_URL.into(), exchange]);
-            if via == Via::TopicSerial {
+            if via == Via::RawSerial {
                 a.push("serial".into());
             }
         }
@@ -146,7 +147,9 @@ pub async fn rabbit_tidy(broker: &Broker, tidy: Tidy) {
         && !exchange.is_empty()
         && let Ok(ch) = conn.create_channel().await
     {
-        let _ = ch.exchange_delete(exchange.into(), Default::default()).await;
+        for x in [exchange.to_string(), raw_exchange(exchange)] {
+            let _ = ch.exchange_delete(x.as_str().into(), Default::default()).await;
+        }
     }
     let _ = conn.close(200, "done".into()).await;
 }
@@ -167,10 +170,10 @@ pub async fn ingress(broker: Broker) {
         let args = minimal_args(&setup, &broker, via);
         servers::reference(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
-    let minimal = reference(Via::Topic);
+    let minimal = reference(Via::Raw);
     let rabbit = matches!(broker.kind, BrokerSpec::Rabbit { .. });
-    // RabbitMQ: also the reference issue 19 was measured against, which skips the topic
-    // exchange the contract routes every message through.
+    // RabbitMQ: also the reference issue 19 was measured against, which skips the
+    // exchange the contract routes raw messages through.
     let direct = rabbit.then(|| reference(Via::DefaultExchange));
     println!(
         "Broker: {}. Ingress ready {startup:?} after spawn. Corpus: {} distinct signed events.\n",
@@ -229,7 +232,7 @@ pub async fn ingress(broker: Broker) {
         }
     }
     if rabbit {
-        let serial = reference(Via::TopicSerial);
+        let serial = reference(Via::RawSerial);
         let row = measure(&serial, &broker, &corpus, Pace::Closed, CLOSED_CONNECTIONS).await;
         print_row("minimal, one publish in flight", &load, &row);
         rabbit_tidy(&broker, Tidy::Purge).await;

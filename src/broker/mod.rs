@@ -215,7 +215,7 @@ pub struct Subscription {
 
 /// Starts consuming a [`Subscription`]. Kafka: the group reads `sources` and
 /// `destination` from its own offsets. RabbitMQ: `destination`'s shard `k` is bound to
-/// shard `k` of every source (and to its own name), so the exchange copies each message
+/// shard `k` of every source (and to its own name), so the raw exchange copies each message
 /// into it. The AMQP 1.0 queues of Service Bus have no such copy: there, refused.
 pub async fn subscribe(
     config: &Config,

@@ -1,7 +1,8 @@
 //! How a raw destination is split into shards on RabbitMQ (`docs/message-contract.md`).
 //!
 //! A RabbitMQ queue has no partitions, so each raw destination is `N` queues,
-//! `{destination}.0` … `{destination}.{N-1}`, each bound to the exchange by its own name.
+//! `{destination}.0` … `{destination}.{N-1}`, each bound by its own name to the raw
+//! exchange ([`raw_exchange`]).
 //! The events of one ordering key (the CloudEvents `subject`, Kafka's message key) always
 //! go to the same shard: FNV-1a (64-bit) of the key's UTF-8 bytes, modulo `N`. Anyone
 //! publishing a raw event by hand computes the same, so it lands in order with the rest.
@@ -16,6 +17,12 @@ pub fn shard_of(key: &str, shards: u16) -> u16 {
     hasher.write(key.as_bytes());
     // The remainder is below `shards`, which is a u16.
     (hasher.finish() % u64::from(shards.max(1))) as u16
+}
+
+/// The direct exchange raw messages are published to, beside the topic exchange
+/// `exchange` (`rabbitmq.exchange`) that enriched messages and dead letters go through.
+pub fn raw_exchange(exchange: &str) -> String {
+    format!("{exchange}.raw")
 }
 
 /// The queue (and routing key) of one shard of `destination`.

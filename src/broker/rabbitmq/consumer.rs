@@ -38,7 +38,7 @@ pub(crate) struct RabbitConsumer {
 }
 
 impl RabbitConsumer {
-    /// Connects and declares the exchange and every queue of `sources` (a first failure
+    /// Connects and declares the exchanges and every queue of `sources` (a first failure
     /// is reported, so a wrong URL shows at start-up), then consumes until closed,
     /// reconnecting as needed.
     pub async fn start(config: &Config, sources: Vec<String>, client_name: &str) -> Result<Arc<Self>, SetupError> {
@@ -78,12 +78,12 @@ impl RabbitConsumer {
     }
 }
 
-/// Connects, and declares the exchange and the queues.
+/// Connects, and declares the exchanges and the queues.
 async fn open(s: &Settings) -> Result<Connection, lapin::Error> {
     let props = ConnectionProperties::default().with_connection_name(s.client_name.clone().into());
     let connection = Connection::connect_uri(s.uri.clone(), props).await?;
     let channel = connection.create_channel().await?;
-    s.sharing.topology.declare_exchange(&channel).await?;
+    s.sharing.topology.declare_exchanges(&channel).await?;
     let queues: Vec<String> = s.sharing.queues.iter().map(|(queue, _)| queue.clone()).collect();
     s.sharing.topology.declare_queues(&channel, &queues).await.map_err(|(_, e)| e)?;
     let _ = channel.close(200, "declared".into()).await;

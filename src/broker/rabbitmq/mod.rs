@@ -1,9 +1,9 @@
-//! RabbitMQ through lapin: a durable topic exchange, a durable queue per destination and
-//! each raw destination split into shards by ordering key ([`topology`]), persistent
-//! messages published with publisher confirms and `mandatory` ([`publisher`]), the
-//! shards shared among worker replicas, one replica per shard at a time ([`sharing`]),
-//! consumed with manual acknowledgements ([`consumer`]), and a queue's backlog read once
-//! for `replay` ([`backlog`]). Only what `broker::connect`, `consume`, `subscribe`,
+//! RabbitMQ through lapin: a durable topic exchange and a direct one for raw messages,
+//! a durable queue per destination and each raw destination split into shards by
+//! ordering key ([`topology`]), persistent messages published with publisher confirms
+//! and `mandatory` ([`publisher`]), the shards shared among worker replicas, one replica
+//! per shard at a time ([`sharing`]), consumed with manual acknowledgements
+//! ([`consumer`]), and a queue's backlog read once for `replay` ([`backlog`]). Only what `broker::connect`, `consume`, `subscribe`,
 //! `backlog` and `probe` need is visible outside.
 
 mod backlog;

@@ -96,7 +96,7 @@ impl RabbitMq {
         let connection = Connection::connect_uri(self.uri.clone(), props).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        self.topology.declare_exchange(&channel).await?;
+        self.topology.declare_exchanges(&channel).await?;
         Ok(Link { connection, channel })
     }
 
@@ -135,7 +135,7 @@ impl RabbitMq {
     /// unroutable (nothing stored).
     async fn publish_once(&self, channel: &Channel, queue: &str, m: &Message) -> Result<bool, PublishError> {
         let mut publish = std::pin::pin!(channel.basic_publish(
-            self.topology.exchange.as_str().into(),
+            self.topology.exchange_of(&m.destination).into(),
             queue.into(),
             BasicPublishOptions { mandatory: true, ..Default::default() },
             &m.body,

@@ -1,15 +1,16 @@
 //! RabbitMQ topology and connection settings shared by the publisher and the consumer:
-//! the durable topic exchange, a durable queue per destination bound by its own name,
-//! each raw destination split into single-active-consumer shard queues
-//! ([`crate::contract::shards`]), which messages carry their CloudEvents headers, and
-//! the AMQP URI with its credentials.
+//! the durable topic exchange (enriched destinations, dead letters), the durable direct
+//! exchange raw messages go through (`{exchange}.raw`), a durable queue per destination
+//! bound by its own name, each raw destination split into single-active-consumer shard
+//! queues ([`crate::contract::shards`]), which messages carry their CloudEvents
+//! headers, and the AMQP URI with its credentials.
 
 use crate::broker::{CloudEvent, SetupError};
 use crate::config::{Config, QueueType, RabbitMqConfig, redact_url};
 use crate::contract::{destinations::Destinations, raw, shards};
 use lapin::{
     Channel, ExchangeKind,
-    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
     uri::AMQPUri,
 };
@@ -17,7 +18,18 @@ use lapin::{
 /// What queues a destination is, and how they are declared.
 #[derive(Clone, Debug)]
 pub(crate) struct Topology {
+    /// The topic exchange (`rabbitmq.exchange`): enriched destinations and dead letters,
+    /// which downstream services bind with patterns.
     pub exchange: String,
+    /// The direct exchange of raw messages, `{exchange}.raw`. Their queues are bound by
+    /// exact names only (shards, the forwarder's copies), and a direct exchange routes
+    /// an exact key at the default exchange's cost, where the topic exchange costs the
+    /// ingress about an eighth of its rate (docs/BENCHMARKS.md).
+    pub raw_exchange: String,
+    /// `rabbitmq.raw_patterns`: the raw exchange also forwards each shard's messages to
+    /// the topic exchange (an exchange-to-exchange binding per shard), so a queue may
+    /// bind raw routing keys with patterns there, at the topic exchange's cost.
+    raw_patterns: bool,
     queue_type: QueueType,
     /// Shards per raw destination (`rabbitmq.shards`).
     pub shards: u16,
@@ -40,6 +52,8 @@ impl Topology {
     pub fn new(config: &Config) -> Self {
         Self {
             exchange: config.rabbitmq.exchange.clone(),
+            raw_exchange: shards::raw_exchange(&config.rabbitmq.exchange),
+            raw_patterns: config.rabbitmq.raw_patterns,
             queue_type: config.rabbitmq.queue_type,
             shards: config.rabbitmq.shards.max(1),
             destinations: config.broker.destinations(),
@@ -81,6 +95,12 @@ impl Topology {
         }
     }
 
+    /// The exchange a message for `destination` is published to: the raw exchange for a
+    /// raw destination, else the topic exchange.
+    pub fn exchange_of(&self, destination: &str) -> &str {
+        if self.destinations.is_raw(destination) { &self.raw_exchange } else { &self.exchange }
+    }
+
     /// The queue, and routing key, of a message for `destination` with ordering `key`.
     pub fn route(&self, destination: &str, key: &str) -> String {
         if self.destinations.is_raw(destination) {
@@ -100,9 +120,11 @@ impl Topology {
         self.shard(queue).map_or(queue, |(destination, _)| destination)
     }
 
-    /// Declares the durable queue `name`, bound to the exchange with routing key `name`
-    /// (and, a shard of the copy, with the routing key of the same shard of each copied
-    /// source). A shard is `x-single-active-consumer`: however many consumers
+    /// Declares the durable queue `name`, bound with routing key `name` (and, a shard of
+    /// the copy, with the routing key of the same shard of each copied source): a shard
+    /// on the raw exchange (and, with `raw_patterns`, each of its keys forwarded to the
+    /// topic exchange), any other queue on the topic exchange. A shard is
+    /// `x-single-active-consumer`: however many consumers
     /// subscribe, RabbitMQ delivers to one, and hands the queue to the next only when
     /// that one is gone (`super::sharing` closes it only once its deliveries are
     /// acknowledged).
@@ -122,16 +144,28 @@ impl Topology {
         {
             keys.extend(sources.iter().map(|source| shards::shard_name(source, k)));
         }
+        let exchange = if shard.is_some() { &self.raw_exchange } else { &self.exchange };
         for key in keys {
             channel
                 .queue_bind(
                     name.into(),
-                    self.exchange.as_str().into(),
+                    exchange.as_str().into(),
                     key.as_str().into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
                 .await?;
+            if shard.is_some() && self.raw_patterns {
+                channel
+                    .exchange_bind(
+                        self.exchange.as_str().into(),
+                        self.raw_exchange.as_str().into(),
+                        key.as_str().into(),
+                        ExchangeBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -151,16 +185,19 @@ impl Topology {
         Ok(())
     }
 
-    /// Declares the durable topic exchange.
-    pub async fn declare_exchange(&self, channel: &Channel) -> Result<(), lapin::Error> {
-        channel
-            .exchange_declare(
-                self.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
+    /// Declares the durable topic exchange and the durable direct raw exchange.
+    pub async fn declare_exchanges(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        for (name, kind) in [(&self.exchange, ExchangeKind::Topic), (&self.raw_exchange, ExchangeKind::Direct)] {
+            channel
+                .exchange_declare(
+                    name.as_str().into(),
+                    kind,
+                    ExchangeDeclareOptions { durable: true, ..Default::default() },
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 }
 

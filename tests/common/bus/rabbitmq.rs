@@ -3,12 +3,14 @@
 
 use super::Received;
 use lapin::{
-    Connection, ConnectionProperties,
-    options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions},
+    Connection, ConnectionProperties, ExchangeKind,
+    options::{
+        BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
     types::{AMQPValue, FieldTable},
 };
 use pcbridge::config::Config;
-use pcbridge::contract::shards::shard_names;
+use pcbridge::contract::shards::{raw_exchange, shard_names};
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
@@ -223,5 +225,24 @@ pub async fn cleanup(conn: &Connection, config: &Config, extra_queues: &[String]
     for q in raw.iter().chain(extra_queues).cloned().chain(shards).chain(members).chain(forwarded) {
         let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
     }
-    let _ = channel.exchange_delete(config.rabbitmq.exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+    let raw_exchange = raw_exchange(&config.rabbitmq.exchange);
+    for exchange in [config.rabbitmq.exchange.as_str(), raw_exchange.as_str()] {
+        let _ = channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
+    }
+}
+
+/// A durable queue `{prefix}tap` bound on the test's topic exchange with `pattern`, as an
+/// operator binds an audit queue; the exchange is declared as pcbridge declares it.
+pub async fn tap(conn: &Connection, config: &Config, pattern: &str) -> String {
+    let name = format!("{}tap", config.broker.prefix);
+    let exchange = config.rabbitmq.exchange.as_str();
+    let ch = conn.create_channel().await.expect("channel");
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare(exchange.into(), ExchangeKind::Topic, durable, FieldTable::default()).await.expect("exchange");
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare(name.as_str().into(), durable, FieldTable::default()).await.expect("queue");
+    ch.queue_bind(name.as_str().into(), exchange.into(), pattern.into(), Default::default(), FieldTable::default())
+        .await
+        .expect("bind");
+    name
 }
