@@ -185,42 +185,53 @@ async fn tolerant_parsing_and_trace_context() {
     bus.cleanup(&config, &[]).await;
 }
 
-/// On RabbitMQ raw messages go through the direct raw exchange: a queue bound with a
-/// pattern on the topic exchange sees none of them, until `rabbitmq.raw_patterns`
-/// forwards every shard there too.
+/// On RabbitMQ a raw message is published to the direct raw exchange, where its shard
+/// is bound, and reaches the topic exchange through the shard's exchange-to-exchange
+/// binding: a queue bound there with a pattern (an audit tap) gets every raw message,
+/// while a message published to the topic exchange with a shard's key reaches no shard
+/// (the shards are not bound there: matching them is what the raw exchange saves).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_patterns_route_raw_messages_through_the_topic_exchange() {
+async fn raw_messages_reach_pattern_taps_on_the_topic_exchange() {
     let pc = Pc::new().await;
     let bus = Bus::new(BrokerKind::Rabbitmq).await;
     let Bus::Rabbit(conn) = &bus else { panic!("a RabbitMQ bus") };
-    let mut config = bus.config(&pc);
-    // `{prefix}*.*` matches a shard's routing key (`{prefix}{event}.{k}`); a pattern is
-    // what an audit tap of every raw event binds.
+    let config = bus.config(&pc);
+    // `{prefix}*.*` matches a shard's routing key (`{prefix}{event}.{k}`).
     let tap = common::bus::rabbitmq::tap(conn, &config, &format!("{}*.*", config.broker.prefix)).await;
     let raw = config.broker.destinations().raw("subscription-updated");
-    for (patterns, n) in [(false, 1), (true, 2)] {
-        config.rabbitmq.raw_patterns = patterns;
-        let app = spawn_ingress(config.clone()).await;
-        let body = format!(
-            r#"{{"EventName":"subscription-updated","ResourceUri":"https://api.partnercenter.microsoft.com/v1/customers/c/subscriptions/s{n}","ResourceChangeUtcDate":"2026-12-05T04:00:00Z"}}"#
+    let app = spawn_ingress(config.clone()).await;
+    let body = br#"{"EventName":"subscription-updated","ResourceUri":"https://api.partnercenter.microsoft.com/v1/customers/c/subscriptions/s","ResourceChangeUtcDate":"2026-12-05T04:00:00Z"}"#.to_vec();
+    let (status, json) = app.post(body.clone(), &pc.headers(&body)).await;
+    assert_eq!(status, 200, "{json}");
+    let got = bus.read(&raw, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1, "the shard holds the message");
+    assert_eq!(got[0].body, body);
+    // One publish reaches every queue it is routed to before it is confirmed, and the
+    // ingress answered 200 after the confirm: the tap holds its copy already.
+    let tapped = bus.read(&tap, 2, Duration::from_millis(500)).await;
+    assert_eq!(tapped.len(), 1, "the pattern tap gets the raw message, once");
+    assert_eq!(tapped[0].body, body);
+    assert_eq!(tapped[0].headers["pc-event-name"], "subscription-updated");
+
+    let channel = conn.create_channel().await.expect("channel");
+    channel.confirm_select(Default::default()).await.expect("confirms");
+    let key = pcbridge::contract::shards::shard_name(&raw, 0);
+    let props = lapin::BasicProperties::default().with_delivery_mode(2);
+    channel
+        .basic_publish(
+            config.rabbitmq.exchange.as_str().into(),
+            key.as_str().into(),
+            Default::default(),
+            b"by hand",
+            props,
         )
-        .into_bytes();
-        let (status, json) = app.post(body.clone(), &pc.headers(&body)).await;
-        assert_eq!(status, 200, "{json}");
-        let got = bus.read(&raw, 1, Duration::from_secs(5)).await;
-        assert_eq!(got.len(), 1, "raw_patterns = {patterns}: the shard holds the message");
-        assert_eq!(got[0].body, body);
-        // One publish reaches every queue it is routed to before it is confirmed, and
-        // the ingress answered 200 after the confirm: the tap holds its copy already.
-        let tapped = bus.read(&tap, 1, Duration::from_millis(500)).await;
-        if patterns {
-            assert_eq!(tapped.len(), 1, "raw_patterns on: the pattern tap gets the raw message");
-            assert_eq!(tapped[0].body, body);
-            assert_eq!(tapped[0].headers["pc-event-name"], "subscription-updated");
-        } else {
-            assert!(tapped.is_empty(), "raw_patterns off: no raw message goes through the topic exchange");
-        }
-        app.stop().await.expect("clean stop");
-    }
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    let tapped = bus.read(&tap, 1, Duration::from_secs(5)).await;
+    assert_eq!(tapped.len(), 1, "the tap matches the key on the topic exchange");
+    assert!(bus.read(&raw, 1, Duration::from_millis(500)).await.is_empty(), "no shard is bound on the topic exchange");
+    app.stop().await.expect("clean stop");
     bus.cleanup(&config, &[tap]).await;
 }

@@ -211,8 +211,9 @@ pub struct RabbitMqConfig {
     pub password: Secret,
     /// A file holding the password (a mounted Kubernetes Secret). Empty: none.
     pub password_file: String,
-    /// The durable topic exchange enriched destinations and dead letters are routed
-    /// through. Raw messages go through the direct exchange `{exchange}.raw`.
+    /// The durable topic exchange downstream services bind with patterns. Raw messages
+    /// are published to the direct exchange `{exchange}.raw`, which forwards each
+    /// shard's key to this one.
     pub exchange: String,
     /// `classic` or `quorum` (replicated; recommended on a multi-node cluster).
     pub queue_type: QueueType,
@@ -231,11 +232,6 @@ pub struct RabbitMqConfig {
     /// header byte of every message (docs/message-contract.md). pcbridge's own readers
     /// derive them either way; turn this on for a CloudEvents reader of a raw queue.
     pub raw_cloud_events: bool,
-    /// Also route raw messages through the topic exchange (an exchange-to-exchange
-    /// binding from `{exchange}.raw` per shard), so a queue may bind raw routing keys
-    /// with patterns there. Off: raw queues bind `{exchange}.raw` by exact names, which
-    /// spares every raw message the topic exchange's routing (docs/message-contract.md).
-    pub raw_patterns: bool,
 }
 
 impl Default for RabbitMqConfig {
@@ -251,7 +247,6 @@ impl Default for RabbitMqConfig {
             shards: 12,
             rebalance_interval_ms: 1_000,
             raw_cloud_events: false,
-            raw_patterns: false,
         }
     }
 }

@@ -15,7 +15,6 @@ use lapin::{
     types::FieldTable,
 };
 use pcbridge::config::Config;
-use pcbridge::contract::shards::shard_names;
 use pcbridge::partner_center::event::event_id;
 use serde_json::json;
 use std::{
@@ -246,28 +245,23 @@ impl Rig {
 }
 
 /// A durable queue bound on the test's topic exchange to `{prefix}*` (dead letters, and
-/// raw destinations on AMQP 1.0) and on its raw exchange to every shard of every raw
-/// destination by name (RabbitMQ), read as a downstream audit would, since the worker
-/// consumes the raw queues; `queues` are declared too, each bound by its own name on the
-/// topic exchange.
+/// raw destinations on AMQP 1.0) and to `{prefix}*.{shard}` (the raw destinations' shards
+/// on RabbitMQ), read as a downstream audit would, since the worker consumes the raw
+/// queues; `queues` are declared too, each bound by its own name.
 async fn audit_queue(conn: &Connection, config: &Config, queues: &[String]) -> String {
     let name = format!("{}audit", config.broker.prefix);
     let exchange = config.rabbitmq.exchange.as_str();
-    let raw_exchange = pcbridge::contract::shards::raw_exchange(exchange);
     let ch = conn.create_channel().await.expect("channel");
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    for (x, kind) in [(exchange, ExchangeKind::Topic), (raw_exchange.as_str(), ExchangeKind::Direct)] {
-        ch.exchange_declare(x.into(), kind, durable, FieldTable::default()).await.expect("exchange");
-    }
-    let bind = |queue: String, exchange: &str, key: String| {
+    ch.exchange_declare(exchange.into(), ExchangeKind::Topic, durable, FieldTable::default()).await.expect("exchange");
+    let bind = |queue: String, key: String| {
         let ch = ch.clone();
-        let exchange = exchange.to_string();
         async move {
             let durable = QueueDeclareOptions { durable: true, ..Default::default() };
             ch.queue_declare(queue.as_str().into(), durable, FieldTable::default()).await.expect("queue");
             ch.queue_bind(
                 queue.as_str().into(),
-                exchange.as_str().into(),
+                exchange.into(),
                 key.as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
@@ -276,12 +270,12 @@ async fn audit_queue(conn: &Connection, config: &Config, queues: &[String]) -> S
             .expect("bind");
         }
     };
-    bind(name.clone(), exchange, format!("{}*", config.broker.prefix)).await;
-    let shards =
-        config.broker.destinations().all_raw().into_iter().flat_map(|d| shard_names(&d, config.rabbitmq.shards));
-    futures::future::join_all(shards.map(|shard| bind(name.clone(), &raw_exchange, shard))).await;
+    bind(name.clone(), format!("{}*", config.broker.prefix)).await;
+    for shard in 0..config.rabbitmq.shards {
+        bind(name.clone(), format!("{}*.{shard}", config.broker.prefix)).await;
+    }
     for q in queues {
-        bind(q.clone(), exchange, q.clone()).await;
+        bind(q.clone(), q.clone()).await;
     }
     name
 }

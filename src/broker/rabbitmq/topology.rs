@@ -21,15 +21,14 @@ pub(crate) struct Topology {
     /// The topic exchange (`rabbitmq.exchange`): enriched destinations and dead letters,
     /// which downstream services bind with patterns.
     pub exchange: String,
-    /// The direct exchange of raw messages, `{exchange}.raw`. Their queues are bound by
-    /// exact names only (shards, the forwarder's copies), and a direct exchange routes
-    /// an exact key at the default exchange's cost, where the topic exchange costs the
-    /// ingress about an eighth of its rate (docs/BENCHMARKS.md).
+    /// The direct exchange raw messages are published to, `{exchange}.raw`. The shard
+    /// queues (and the forwarder's copies) are bound on it by exact names, which a direct
+    /// exchange routes at about the default exchange's cost; bound on the topic exchange,
+    /// matching them cost the ingress about a tenth of its rate (docs/BENCHMARKS.md).
+    /// Each shard's key is also bound from it to the topic exchange, so a queue bound
+    /// there with a pattern (an audit tap) still gets every raw message; with no such
+    /// queue, that costs the topic exchange a lookup that finds nothing.
     pub raw_exchange: String,
-    /// `rabbitmq.raw_patterns`: the raw exchange also forwards each shard's messages to
-    /// the topic exchange (an exchange-to-exchange binding per shard), so a queue may
-    /// bind raw routing keys with patterns there, at the topic exchange's cost.
-    raw_patterns: bool,
     queue_type: QueueType,
     /// Shards per raw destination (`rabbitmq.shards`).
     pub shards: u16,
@@ -53,7 +52,6 @@ impl Topology {
         Self {
             exchange: config.rabbitmq.exchange.clone(),
             raw_exchange: shards::raw_exchange(&config.rabbitmq.exchange),
-            raw_patterns: config.rabbitmq.raw_patterns,
             queue_type: config.rabbitmq.queue_type,
             shards: config.rabbitmq.shards.max(1),
             destinations: config.broker.destinations(),
@@ -122,12 +120,11 @@ impl Topology {
 
     /// Declares the durable queue `name`, bound with routing key `name` (and, a shard of
     /// the copy, with the routing key of the same shard of each copied source): a shard
-    /// on the raw exchange (and, with `raw_patterns`, each of its keys forwarded to the
-    /// topic exchange), any other queue on the topic exchange. A shard is
-    /// `x-single-active-consumer`: however many consumers
-    /// subscribe, RabbitMQ delivers to one, and hands the queue to the next only when
-    /// that one is gone (`super::sharing` closes it only once its deliveries are
-    /// acknowledged).
+    /// on the raw exchange, each of its keys also bound from there to the topic exchange
+    /// (for pattern taps); any other queue on the topic exchange. A shard is
+    /// `x-single-active-consumer`: however many consumers subscribe, RabbitMQ delivers to
+    /// one, and hands the queue to the next only when that one is gone (`super::sharing`
+    /// closes it only once its deliveries are acknowledged).
     pub async fn declare_queue(&self, channel: &Channel, name: &str) -> Result<(), lapin::Error> {
         let mut args = FieldTable::default();
         if self.queue_type == QueueType::Quorum {
@@ -155,7 +152,7 @@ impl Topology {
                     FieldTable::default(),
                 )
                 .await?;
-            if shard.is_some() && self.raw_patterns {
+            if shard.is_some() {
                 channel
                     .exchange_bind(
                         self.exchange.as_str().into(),
