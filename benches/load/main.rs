@@ -4,12 +4,18 @@
 //! Scenarios (all but `soak` and `rabbitmq-cost` when none is named):
 //! - `ingress-kafka`, `ingress-rabbitmq`: the bare HTTP limit, the minimal pipeline and
 //!   the ingress, as fast as they go (closed loop) and at fixed rates (open loop);
-//!   RabbitMQ also with one publish in flight at a time, to show what batching confirms is
-//!   worth. `ingress-amqp`: the same over AMQP 1.0 (RabbitMQ's plugin), each message an
-//!   unsettled transfer settled by the broker's `accepted`. `PCBRIDGE_BENCH_INGRESS_RATES` (comma-separated events/s; empty skips the
+//!   on RabbitMQ the minimal both through the raw exchange (as the contract routes raw
+//!   messages) and through the default exchange (issue 19's reference), and with one
+//!   publish in flight at a time, to show what batching confirms is worth.
+//!   `ingress-amqp`: the same over AMQP 1.0 (RabbitMQ's plugin), each message an
+//!   unsettled transfer settled by the broker's `accepted`.
+//!   `PCBRIDGE_BENCH_INGRESS_RATES` (comma-separated events/s; empty skips the
 //!   open loop) narrows the fixed rates, e.g. for a profiling run; `PCBRIDGE_BENCH_ROUNDS`
 //!   (2) sets the closed-loop rounds, and `PCBRIDGE_BENCH_INGRESS_ALT="PCBRIDGE_K=V …"`
 //!   adds a second ingress with those variables to every round, to compare two settings.
+//!   Both use the run's broker: a setting that changes bindings (topology) applies to
+//!   both unless the alternative also names exchanges of its own
+//!   (`PCBRIDGE_RABBITMQ__EXCHANGE=…`).
 //! - `worker`: N events preloaded, the simulated API answering in a fixed 20 ms.
 //! - `startup`: spawn to `/readyz` for both roles.
 //! - `scaling`: 1, 2 and 3 worker processes on each broker, API-latency-bound, keeping
