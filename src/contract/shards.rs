@@ -20,7 +20,7 @@ pub fn shard_of(key: &str, shards: u16) -> u16 {
 }
 
 /// The direct exchange raw messages are published to, beside the topic exchange
-/// `exchange` (`rabbitmq.exchange`) that enriched messages and dead letters go through.
+/// `exchange` (`rabbitmq.exchange`), to which it forwards each shard's routing key.
 pub fn raw_exchange(exchange: &str) -> String {
     format!("{exchange}.raw")
 }

@@ -3,8 +3,9 @@
 //! ordering key ([`topology`]), persistent messages published with publisher confirms
 //! and `mandatory` ([`publisher`]), the shards shared among worker replicas, one replica
 //! per shard at a time ([`sharing`]), consumed with manual acknowledgements
-//! ([`consumer`]), and a queue's backlog read once for `replay` ([`backlog`]). Only what `broker::connect`, `consume`, `subscribe`,
-//! `backlog` and `probe` need is visible outside.
+//! ([`consumer`]), and a queue's backlog read once for `replay` ([`backlog`]). Only what
+//! `broker::connect`, `consume`, `subscribe`, `backlog` and `probe` need is visible
+//! outside.
 
 mod backlog;
 mod consumer;

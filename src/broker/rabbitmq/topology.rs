@@ -1,6 +1,6 @@
 //! RabbitMQ topology and connection settings shared by the publisher and the consumer:
-//! the durable topic exchange (enriched destinations, dead letters), the durable direct
-//! exchange raw messages go through (`{exchange}.raw`), a durable queue per destination
+//! the durable topic exchange (which sees every message), the durable direct exchange
+//! raw messages are published to (`{exchange}.raw`), a durable queue per destination
 //! bound by its own name, each raw destination split into single-active-consumer shard
 //! queues ([`crate::contract::shards`]), which messages carry their CloudEvents
 //! headers, and the AMQP URI with its credentials.
@@ -18,8 +18,9 @@ use lapin::{
 /// What queues a destination is, and how they are declared.
 #[derive(Clone, Debug)]
 pub(crate) struct Topology {
-    /// The topic exchange (`rabbitmq.exchange`): enriched destinations and dead letters,
-    /// which downstream services bind with patterns.
+    /// The topic exchange (`rabbitmq.exchange`), which downstream services bind with
+    /// patterns: enriched messages and dead letters are published to it, raw messages
+    /// reach it through the raw exchange.
     pub exchange: String,
     /// The direct exchange raw messages are published to, `{exchange}.raw`. The shard
     /// queues (and the forwarder's copies) are bound on it by exact names, which a direct
@@ -27,7 +28,7 @@ pub(crate) struct Topology {
     /// matching them cost the ingress about a tenth of its rate (docs/BENCHMARKS.md).
     /// Each shard's key is also bound from it to the topic exchange, so a queue bound
     /// there with a pattern (an audit tap) still gets every raw message; with no such
-    /// queue, that costs the topic exchange a lookup that finds nothing.
+    /// queue, that costs the topic exchange a few lookups that find nothing.
     pub raw_exchange: String,
     queue_type: QueueType,
     /// Shards per raw destination (`rabbitmq.shards`).
