@@ -121,8 +121,8 @@ impl Topology {
 
     /// Declares the durable queue `name`, bound with routing key `name` (and, a shard of
     /// the copy, with the routing key of the same shard of each copied source): a shard
-    /// on the raw exchange, each of its keys also bound from there to the topic exchange
-    /// (for pattern taps); any other queue on the topic exchange. A shard is
+    /// on the raw exchange, its own key also bound from there to the topic exchange (for
+    /// pattern taps); any other queue on the topic exchange. A shard is
     /// `x-single-active-consumer`: however many consumers subscribe, RabbitMQ delivers to
     /// one, and hands the queue to the next only when that one is gone (`super::sharing`
     /// closes it only once its deliveries are acknowledged).
@@ -153,17 +153,19 @@ impl Topology {
                     FieldTable::default(),
                 )
                 .await?;
-            if shard.is_some() {
-                channel
-                    .exchange_bind(
-                        self.exchange.as_str().into(),
-                        self.raw_exchange.as_str().into(),
-                        key.as_str().into(),
-                        ExchangeBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-            }
+        }
+        if shard.is_some() {
+            // The shard's own key only: a copied source's key is bound when that source's
+            // shard is declared (every role that reads or publishes it declares it).
+            channel
+                .exchange_bind(
+                    self.exchange.as_str().into(),
+                    self.raw_exchange.as_str().into(),
+                    name.into(),
+                    ExchangeBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
         }
         Ok(())
     }
