@@ -197,7 +197,8 @@ async fn raw_messages_reach_pattern_taps_on_the_topic_exchange() {
     let Bus::Rabbit(conn) = &bus else { panic!("a RabbitMQ bus") };
     let config = bus.config(&pc);
     // `{prefix}*.*` matches a shard's routing key (`{prefix}{event}.{k}`).
-    let tap = common::bus::rabbitmq::tap(conn, &config, &format!("{}*.*", config.broker.prefix)).await;
+    let tap = format!("{}tap", config.broker.prefix);
+    common::bus::rabbitmq::bind_on_topic_exchange(conn, &config, &tap, &[format!("{}*.*", config.broker.prefix)]).await;
     let raw = config.broker.destinations().raw("subscription-updated");
     let app = spawn_ingress(config.clone()).await;
     let body = br#"{"EventName":"subscription-updated","ResourceUri":"https://api.partnercenter.microsoft.com/v1/customers/c/subscriptions/s","ResourceChangeUtcDate":"2026-12-05T04:00:00Z"}"#.to_vec();

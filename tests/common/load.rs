@@ -9,11 +9,7 @@ use super::{
     pc::Pc,
     pc_api::PcApi,
 };
-use lapin::{
-    Connection, ExchangeKind,
-    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
+use lapin::Connection;
 use pcbridge::config::Config;
 use pcbridge::partner_center::event::event_id;
 use serde_json::json;
@@ -250,32 +246,13 @@ impl Rig {
 /// queues; `queues` are declared too, each bound by its own name.
 async fn audit_queue(conn: &Connection, config: &Config, queues: &[String]) -> String {
     let name = format!("{}audit", config.broker.prefix);
-    let exchange = config.rabbitmq.exchange.as_str();
-    let ch = conn.create_channel().await.expect("channel");
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    ch.exchange_declare(exchange.into(), ExchangeKind::Topic, durable, FieldTable::default()).await.expect("exchange");
-    let bind = |queue: String, key: String| {
-        let ch = ch.clone();
-        async move {
-            let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-            ch.queue_declare(queue.as_str().into(), durable, FieldTable::default()).await.expect("queue");
-            ch.queue_bind(
-                queue.as_str().into(),
-                exchange.into(),
-                key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind");
-        }
-    };
-    bind(name.clone(), format!("{}*", config.broker.prefix)).await;
-    for shard in 0..config.rabbitmq.shards {
-        bind(name.clone(), format!("{}*.{shard}", config.broker.prefix)).await;
-    }
+    let prefix = &config.broker.prefix;
+    let patterns: Vec<String> = std::iter::once(format!("{prefix}*"))
+        .chain((0..config.rabbitmq.shards).map(|k| format!("{prefix}*.{k}")))
+        .collect();
+    rabbitmq::bind_on_topic_exchange(conn, config, &name, &patterns).await;
     for q in queues {
-        bind(q.clone(), q.clone()).await;
+        rabbitmq::bind_on_topic_exchange(conn, config, q, std::slice::from_ref(q)).await;
     }
     name
 }

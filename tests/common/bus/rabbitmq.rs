@@ -231,18 +231,20 @@ pub async fn cleanup(conn: &Connection, config: &Config, extra_queues: &[String]
     }
 }
 
-/// A durable queue `{prefix}tap` bound on the test's topic exchange with `pattern`, as an
-/// operator binds an audit queue; the exchange is declared as pcbridge declares it.
-pub async fn tap(conn: &Connection, config: &Config, pattern: &str) -> String {
-    let name = format!("{}tap", config.broker.prefix);
+/// Declares the durable queue `queue` and binds it on the test's topic exchange with each
+/// of `keys` (patterns, as an operator binds an audit queue, or names). The exchange is
+/// declared as pcbridge declares it, so the queue may be bound before pcbridge starts.
+pub async fn bind_on_topic_exchange(conn: &Connection, config: &Config, queue: &str, keys: &[String]) {
     let exchange = config.rabbitmq.exchange.as_str();
     let ch = conn.create_channel().await.expect("channel");
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     ch.exchange_declare(exchange.into(), ExchangeKind::Topic, durable, FieldTable::default()).await.expect("exchange");
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    ch.queue_declare(name.as_str().into(), durable, FieldTable::default()).await.expect("queue");
-    ch.queue_bind(name.as_str().into(), exchange.into(), pattern.into(), Default::default(), FieldTable::default())
-        .await
-        .expect("bind");
-    name
+    ch.queue_declare(queue.into(), durable, FieldTable::default()).await.expect("queue");
+    for key in keys {
+        ch.queue_bind(queue.into(), exchange.into(), key.as_str().into(), Default::default(), FieldTable::default())
+            .await
+            .expect("bind");
+    }
+    let _ = ch.close(200, "bound".into()).await;
 }
